@@ -1,0 +1,43 @@
+# Two commands do all the set-up: `make demo` and `make test`. Each creates .venv and
+# installs what it needs the first time (pinned CPU torch first, then the project), and
+# nothing twice: the stamp below is rebuilt only when pyproject.toml or constraints change.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Off this project's machines, get torch's CPU build with:
+#   make test TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=
+TORCH_VERSION := 2.13.0
+# Portable, faster llama.cpp build (FACTS.md); pip caches the wheel, so it compiles once.
+export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF
+STAMP := $(VENV)/.steerbake-installed
+PYTEST_ARGS ?=
+
+.PHONY: demo test lint format install clean bench
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q torch==$(TORCH_VERSION) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev]"
+	touch $@
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/steerbake demo -o demo-out --overwrite
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) demo-out build *.egg-info

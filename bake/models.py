@@ -1,0 +1,44 @@
+"""Resolve what the user typed as MODEL: a local folder, the embedded toy refuser, or a
+Hub id that is already in the local Hugging Face cache (never downloaded here).
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+from bake.errors import InputError
+
+TOY_NAME = "toy-refuser"
+
+
+def toy_model_dir() -> Path:
+    """The toy refuser shipped inside the package (package data)."""
+    return Path(str(resources.files("bake") / "toy_refuser" / "model"))
+
+
+def resolve_model(spec: str | Path | None) -> Path:
+    """Folder for MODEL: a path, 'toy-refuser' (also the default), or a cached Hub id."""
+    if spec is None or str(spec) == TOY_NAME:
+        path = toy_model_dir()
+        if not (path / "config.json").exists():
+            raise InputError(f"the embedded toy model is missing from {path}; reinstall steerbake")
+        return path
+    path = Path(spec).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise InputError(f"{path} is a file; MODEL must be a model folder or a Hub id")
+        return path
+    text = str(spec)
+    if text.count("/") == 1 and not text.startswith((".", "/")):
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import LocalEntryNotFoundError
+
+        try:
+            return Path(snapshot_download(text, local_files_only=True))
+        except (LocalEntryNotFoundError, ValueError, OSError):
+            raise InputError(
+                f"{text} is not in the local Hugging Face cache; download it first "
+                f"(`hf download {text}`) or pass a local folder"
+            ) from None
+    raise InputError(f"model folder {path} does not exist")
