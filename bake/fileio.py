@@ -143,13 +143,17 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def write_sha256sums(folder: Path, known: dict[str, str] | None = None) -> None:
-    """SHA256SUMS in `sha256sum -c` format for every file below `folder`."""
+def write_sha256sums(
+    folder: Path, *, known: dict[str, str] | None = None, skip_links: bool = False
+) -> None:
+    """SHA256SUMS in `sha256sum -c` format for every file below `folder`; `known` holds
+    digests already computed (relative path -> hex). Symlinked files are left out with
+    skip_links: link mode lists only the bytes it wrote."""
     known = known or {}
     lines = []
-    for path in sorted(p for p in folder.rglob("*") if p.is_file() or p.is_symlink()):
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         rel = path.relative_to(folder).as_posix()
-        if rel == "SHA256SUMS":
+        if rel == "SHA256SUMS" or (skip_links and path.is_symlink()):
             continue
         lines.append(f"{known.get(rel) or sha256_file(path)}  {rel}\n")
     (folder / "SHA256SUMS").write_text("".join(lines))

@@ -24,6 +24,7 @@ from bake.fileio import (
     check_free_space,
     check_output_dir,
     fast_copy,
+    sha256_file,
     write_sha256sums,
 )
 from bake.models import resolve_model
@@ -151,7 +152,7 @@ def write_bias_checkpoint(
     new_bytes = sum(len(raw) for _, _, raw in biases.values())
     check_free_space(output.parent, (0 if link else ckpt.shard_bytes()) + new_bytes + (1 << 20))
     with atomic_output_dir(output, overwrite=overwrite) as tmp:
-        _carry_shards(ckpt, names, tmp, link)
+        known = _carry_shards(ckpt, names, tmp, link)
         write_safetensors(tmp / bias_shard, biases)
         _write_index(ckpt, names, biases, bias_shard, tmp)
         config = dict(ckpt.config, **{spec.bias_flag: True})
@@ -162,22 +163,40 @@ def write_bias_checkpoint(
             tmp,
             {"route": "bias", "bias_shard": bias_shard, "source_shards": names, "linked": link},
         )
-        write_sha256sums(tmp)
+        write_sha256sums(tmp, known=known, skip_links=link)
         return _file_sizes(tmp)
 
 
-def _carry_shards(ckpt: Checkpoint, names: dict[str, str], dest: Path, link: bool) -> None:
+def _carry_shards(
+    ckpt: Checkpoint, names: dict[str, str], dest: Path, link: bool
+) -> dict[str, str]:
+    """Copy (or symlink) every shard; returns sha256 per copied output name.
+
+    The hashes are computed from the source in a second thread while the kernel copies,
+    so the hash pass overlaps the copy instead of following it."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from tqdm import tqdm
 
     total = ckpt.shard_bytes()
-    with tqdm(
-        total=total,
-        unit="B",
-        unit_scale=True,
-        desc="shards",
-        leave=False,
-        disable=total < (64 << 20),
-    ) as bar:
+    with (
+        ThreadPoolExecutor(1) as pool,
+        tqdm(
+            total=total,
+            unit="B",
+            unit_scale=True,
+            desc="shards",
+            leave=False,
+            disable=total < (64 << 20),
+        ) as bar,
+    ):
+        hashes = (
+            None
+            if link
+            else pool.submit(
+                lambda: {dst: sha256_file(ckpt.path / src) for src, dst in names.items()}
+            )
+        )
         for src_name, dst_name in names.items():
             src = ckpt.path / src_name
             if link:
@@ -185,6 +204,7 @@ def _carry_shards(ckpt: Checkpoint, names: dict[str, str], dest: Path, link: boo
             else:
                 fast_copy(src, dest / dst_name)
             bar.update(src.stat().st_size)
+        return hashes.result() if hashes else {}
 
 
 def _write_index(

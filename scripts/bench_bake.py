@@ -1,0 +1,227 @@
+"""Benchmark the streaming bake against the naive path users take today.
+
+Builds synthetic bfloat16 Llama checkpoints (>= 1B parameters, several shards) at two
+sizes, then measures, each in its own subprocess timed after its imports:
+  copy   steerbake bake (shards copied)
+  link   steerbake bake --link (shards symlinked)
+  naive  transformers from_pretrained(mlp_bias=True) -> set biases -> save_pretrained
+Writes wall time and peak RSS (ru_maxrss of that process) to a JSON file and prints them.
+
+    .venv/bin/python scripts/bench_bake.py --workdir /tmp/bench-bake --out bench-out/bake.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+SIZES = {  # name -> (layers, hidden, intermediate, vocab)
+    "1.1B": (22, 2048, 5632, 32000),
+    "2.2B": (46, 2048, 5632, 32000),
+}
+SHARD_BYTES = 1 << 30
+
+
+def _tensor_shapes(layers: int, d: int, ff: int, vocab: int) -> list[tuple[str, tuple]]:
+    kv = d // 4  # 4 kv heads of 128 when d = 2048 (grouped-query attention)
+    shapes: list[tuple[str, tuple]] = [("model.embed_tokens.weight", (vocab, d))]
+    for i in range(layers):
+        p = f"model.layers.{i}"
+        shapes += [
+            (f"{p}.input_layernorm.weight", (d,)),
+            (f"{p}.self_attn.q_proj.weight", (d, d)),
+            (f"{p}.self_attn.k_proj.weight", (kv, d)),
+            (f"{p}.self_attn.v_proj.weight", (kv, d)),
+            (f"{p}.self_attn.o_proj.weight", (d, d)),
+            (f"{p}.post_attention_layernorm.weight", (d,)),
+            (f"{p}.mlp.gate_proj.weight", (ff, d)),
+            (f"{p}.mlp.up_proj.weight", (ff, d)),
+            (f"{p}.mlp.down_proj.weight", (d, ff)),
+        ]
+    return [*shapes, ("model.norm.weight", (d,)), ("lm_head.weight", (vocab, d))]
+
+
+def _write_shard(path: Path, tensors: list[tuple[str, tuple]], noise: np.ndarray) -> None:
+    """Stream a bf16 safetensors shard; data = slices of a fixed noise block."""
+    header, offset = {}, 0
+    for name, shape in tensors:
+        n = int(np.prod(shape)) * 2
+        header[name] = {"dtype": "BF16", "shape": list(shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    blob = json.dumps(header).encode()
+    blob += b" " * (-len(blob) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(blob)) + blob)
+        for _name, shape in tensors:
+            n = int(np.prod(shape))
+            while n > 0:
+                k = min(n, noise.size)
+                f.write(noise[:k].tobytes())
+                n -= k
+
+
+def build_checkpoint(folder: Path, layers: int, d: int, ff: int, vocab: int) -> int:
+    """Synthetic sharded checkpoint; returns the parameter count."""
+    from bake.tensor_bytes import f32_to_bf16_bits
+
+    folder.mkdir(parents=True, exist_ok=True)
+    noise = f32_to_bf16_bits(np.random.default_rng(0).normal(0, 0.02, 1 << 24).astype(np.float32))
+    shapes = _tensor_shapes(layers, d, ff, vocab)
+    shards: list[list[tuple[str, tuple]]] = [[]]
+    size = 0
+    for name, shape in shapes:
+        n = int(np.prod(shape)) * 2
+        if size + n > SHARD_BYTES and shards[-1]:
+            shards.append([])
+            size = 0
+        shards[-1].append((name, shape))
+        size += n
+    weight_map, total = {}, 0
+    for k, group in enumerate(shards, 1):
+        fname = f"model-{k:05d}-of-{len(shards):05d}.safetensors"
+        _write_shard(folder / fname, group, noise)
+        for name, shape in group:
+            weight_map[name] = fname
+            total += int(np.prod(shape)) * 2
+    (folder / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map})
+    )
+    config = {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": d,
+        "intermediate_size": ff,
+        "num_hidden_layers": layers,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 4,
+        "vocab_size": vocab,
+        "max_position_embeddings": 2048,
+        "rms_norm_eps": 1e-5,
+        "tie_word_embeddings": False,
+        "dtype": "bfloat16",
+        "mlp_bias": False,
+        "hidden_act": "silu",
+    }
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    return total // 2
+
+
+def make_plan(model: Path, folder: Path, layers: int, d: int) -> Path:
+    from bake.plan import make_plan as _make_plan
+    from bake.vectors import Fingerprint, SteeringVectors
+
+    rng = np.random.default_rng(1)
+    raw = {i: rng.normal(size=d) for i in range(layers)}
+    folder.mkdir(parents=True, exist_ok=True)
+    SteeringVectors.from_raw(raw, Fingerprint("llama", d, layers)).save(folder / "v.safetensors")
+    plan = _make_plan(folder / "v.safetensors", list(range(1, layers * 4 // 5)), -0.15)
+    plan.save(folder / "plan.json")
+    return folder / "plan.json"
+
+
+# Each child imports first, then times only the work, and prints JSON on its last line.
+# Peak RSS is the child's own VmHWM: ru_maxrss would carry the parent's peak across exec.
+PEAK = """
+def peak_rss_mb():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+"""
+CHILD_OURS = (
+    PEAK
+    + """
+import json, sys, time
+from bake.fold import bake_model
+t = time.perf_counter()
+bake_model(sys.argv[1], sys.argv[2], sys.argv[3], link=sys.argv[4] == "link")
+print(json.dumps({"seconds": time.perf_counter() - t,
+                  "peak_rss_mb": peak_rss_mb()}))
+"""
+)
+CHILD_NAIVE = (
+    PEAK
+    + """
+import json, sys, time
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+from bake.plan import Plan
+t = time.perf_counter()
+plan = Plan.load(sys.argv[2])
+cfg = AutoConfig.from_pretrained(sys.argv[1]); cfg.mlp_bias = True
+model = AutoModelForCausalLM.from_pretrained(sys.argv[1], config=cfg, dtype=torch.bfloat16)
+with torch.no_grad():
+    for i, block in enumerate(model.model.layers):
+        for m in (block.mlp.gate_proj, block.mlp.up_proj, block.mlp.down_proj):
+            m.bias.zero_()
+    for layer, v in plan.steering_vectors().items():
+        model.model.layers[layer].mlp.down_proj.bias.copy_(torch.from_numpy(v))
+model.save_pretrained(sys.argv[3])
+print(json.dumps({"seconds": time.perf_counter() - t,
+                  "peak_rss_mb": peak_rss_mb()}))
+"""
+)
+
+
+def run_child(code: str, *args: str) -> dict:
+    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"benchmark child failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def time_cp(src: Path, dst: Path) -> float:
+    t = time.perf_counter()
+    subprocess.run(["cp", "-r", str(src), str(dst)], check=True)
+    return time.perf_counter() - t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--workdir", type=Path, default=Path("/tmp/bench-bake"))
+    ap.add_argument("--out", type=Path, default=Path("bench-out/bake.json"))
+    ap.add_argument("--sizes", default=",".join(SIZES))
+    ap.add_argument("--skip-naive", action="store_true")
+    args = ap.parse_args()
+    results: dict = {"python": sys.version.split()[0], "sizes": {}}
+    for name in args.sizes.split(","):
+        layers, d, ff, vocab = SIZES[name]
+        work = args.workdir / name
+        shutil.rmtree(work, ignore_errors=True)
+        params = build_checkpoint(work / "model", layers, d, ff, vocab)
+        plan = make_plan(work / "model", work / "plan", layers, d)
+        row: dict = {
+            "parameters": params,
+            "bytes": sum(p.stat().st_size for p in (work / "model").iterdir()),
+        }
+        row["cp_seconds"] = time_cp(work / "model", work / "cp-copy")
+        for mode in ("copy", "link"):
+            row[mode] = run_child(
+                CHILD_OURS, str(work / "model"), str(plan), str(work / f"out-{mode}"), mode
+            )
+        if not args.skip_naive:
+            row["naive"] = run_child(
+                CHILD_NAIVE, str(work / "model"), str(plan), str(work / "out-naive")
+            )
+            for mode in ("copy", "link"):
+                row[f"{mode}_speedup"] = row["naive"]["seconds"] / row[mode]["seconds"]
+                row[f"{mode}_rss_fraction"] = row[mode]["peak_rss_mb"] / row["naive"]["peak_rss_mb"]
+        results["sizes"][name] = row
+        shutil.rmtree(work, ignore_errors=True)
+        print(json.dumps({name: row}, indent=2), flush=True)
+    results["peak_rss_bench_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
