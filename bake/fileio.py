@@ -36,8 +36,13 @@ def atomic_write_path(dest: Path) -> Iterator[Path]:
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=dest.suffix, dir=dest.parent)
     os.close(fd)
+    # Free the name again: writers then create a new file rather than truncate an existing
+    # one, which on ext4 (auto_da_alloc) would force a flush of the whole file on close.
+    os.unlink(tmp)
     try:
         yield Path(tmp)
+        if not os.path.exists(tmp):
+            raise OutputError(f"nothing was written for {dest}")
         _publish_mode(Path(tmp), is_dir=False)
         os.replace(tmp, dest)
     finally:

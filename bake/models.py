@@ -4,7 +4,6 @@ Hub id that is already in the local Hugging Face cache (never downloaded here).
 
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
 
 from bake.errors import InputError
@@ -14,7 +13,9 @@ TOY_NAME = "toy-refuser"
 
 def toy_model_dir() -> Path:
     """The toy refuser shipped inside the package (package data)."""
-    return Path(str(resources.files("bake") / "toy_refuser" / "model"))
+    from bake.toy_refuser import model_dir
+
+    return model_dir()
 
 
 def resolve_model(spec: str | Path | None) -> Path:

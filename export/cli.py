@@ -190,6 +190,12 @@ def bake(
     is_flag=True,
     help="Check tensors byte by byte instead of running the models.",
 )
+@click.option(
+    "--control-vector",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="With a .gguf BAKED: the control vector that goes with it (unsteered GGUF).",
+)
 def verify(
     model: str,
     plan_file: Path,
@@ -200,6 +206,7 @@ def verify(
     dtype: str,
     max_new_tokens: int,
     static: bool,
+    control_vector: Path | None,
 ) -> None:
     """Prove BAKED (checkpoint, adapter or .gguf) matches MODEL + hook steering."""
     from bake.verify import render_report
@@ -207,7 +214,14 @@ def verify(
     if baked.suffix == ".gguf":
         from export.gguf_verify import verify_gguf
 
-        result = verify_gguf(model, plan_file, baked, prompts=prompts)
+        result = verify_gguf(
+            model,
+            plan_file,
+            baked,
+            control_vector=control_vector,
+            prompts=prompts,
+            max_new_tokens=max_new_tokens,
+        )
     elif static:
         from bake.verify_static import verify_static
 
@@ -233,6 +247,918 @@ def verify(
     sys.exit(0 if result["passed"] else 1)
 
 
+# --------------------------------------------------------------------------- generate, judge
+def _json_option(text: str | None, name: str) -> dict[str, Any]:
+    from bake.errors import InputError
+
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = None
+    if not isinstance(value, dict):
+        raise InputError(f"{name} must be a JSON object, e.g. '{{\"top_k\": 0}}'")
+    return value
+
+
+@main.command()
+@click.argument("model")
+@click.argument("prompts", type=click.Path(path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="ANSWERS.jsonl; appended, so a rerun resumes where it stopped.",
+)
+@click.option(
+    "--backend",
+    type=click.Choice(["transformers", "openai", "llama"]),
+    default="transformers",
+    show_default=True,
+    help="transformers: MODEL is a folder/Hub id/'toy-refuser'; openai: MODEL is "
+    "the server's model name; llama: MODEL is a .gguf file.",
+)
+@click.option("-k", "k", default=5, show_default=True, help="Answers per prompt.")
+@click.option("--max-new-tokens", default=256, show_default=True)
+@click.option("--greedy", is_flag=True, help="Argmax decoding (the K answers are identical).")
+@click.option("--seed", default=0, show_default=True)
+@click.option(
+    "--think-end",
+    default=None,
+    help="End-of-thinking marker of a reasoning model (e.g. '</think>'): the text "
+    "after it is the answer; answers without it are flagged.",
+)
+@click.option("--system", default=None, help="System message for every prompt.")
+@click.option("--url", default=None, help="Server base URL (openai backend).")
+@click.option(
+    "--extra-body",
+    default=None,
+    help='JSON merged into each server request, e.g. \'{"top_k": 0, "min_p": 0}\'.',
+)
+@click.option("--batch-size", default=8, show_default=True)
+@click.option("--concurrency", default=4, show_default=True, help="Requests in flight.")
+@click.option("--timeout", default=120.0, show_default=True, help="Seconds per request.")
+@click.option("--retries", default=3, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--dtype", default="auto", show_default=True)
+def generate(
+    model: str,
+    prompts: Path,
+    output: Path,
+    backend: str,
+    k: int,
+    max_new_tokens: int,
+    greedy: bool,
+    seed: int,
+    think_end: str | None,
+    system: str | None,
+    url: str | None,
+    extra_body: str | None,
+    batch_size: int,
+    concurrency: int,
+    timeout: float,
+    retries: int,
+    device: str,
+    dtype: str,
+) -> None:
+    """K answers per prompt with their mean token log-probs (input of `judge`)."""
+    from bake.generate import SamplingOptions, make_backend, run_generate
+    from bake.prompts import load_prompts
+
+    options = SamplingOptions(
+        k=k,
+        max_new_tokens=max_new_tokens,
+        greedy=greedy,
+        seed=seed,
+        think_end=think_end,
+        system=system,
+    )
+    load_prompts(prompts)  # bad prompt files fail before a model is loaded
+    engine = make_backend(
+        backend,
+        model,
+        url=url,
+        device=device,
+        dtype=dtype,
+        batch_size=batch_size,
+        concurrency=concurrency,
+        timeout=timeout,
+        retries=retries,
+        extra_body=_json_option(extra_body, "--extra-body"),
+    )
+    chunk = batch_size if backend == "transformers" else max(1, concurrency)
+    click.echo(run_generate(engine, prompts, output, options=options, chunk=chunk).render())
+
+
+@main.command()
+@click.argument("answers", required=False, type=click.Path(path_type=Path))
+@click.option(
+    "-o", "--output", type=click.Path(path_type=Path), default=None, help="SCORES.jsonl to write."
+)
+@click.option(
+    "--backend",
+    type=click.Choice(["openai", "llama", "transformers", "pattern"]),
+    default="openai",
+    show_default=True,
+    help="pattern is a keyword baseline, weaker than an LLM judge.",
+)
+@click.option("--url", default=None, help="Judge server base URL (openai backend).")
+@click.option(
+    "--judge-model",
+    default=None,
+    help="openai: model name (default: the server's first); llama: .gguf file; "
+    "transformers: model folder.",
+)
+@click.option(
+    "--structured",
+    type=click.Choice(["auto", "json_schema", "json_object", "none"]),
+    default="auto",
+    show_default=True,
+    help="Structured output: json_schema (OpenAI, vLLM), json_object (llama.cpp); "
+    "auto tries them in that order.",
+)
+@click.option(
+    "--cache",
+    "cache_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="SQLite judge cache [default: OUTPUT.judge-cache.sqlite].",
+)
+@click.option(
+    "--band",
+    default=0.1,
+    show_default=True,
+    help="Neutral band: refusal if c > band, compliance if c < -band.",
+)
+@click.option("--concurrency", default=4, show_default=True, help="Judge calls in flight.")
+@click.option("--timeout", default=120.0, show_default=True, help="Seconds per judge call.")
+@click.option("--retries", default=3, show_default=True)
+@click.option(
+    "--backoff",
+    default=1.0,
+    show_default=True,
+    help="Seconds before the first retry; doubles each time.",
+)
+@click.option("--max-tokens", default=512, show_default=True, help="Judge reply length.")
+@click.option(
+    "--analysis-chars",
+    default=400,
+    show_default=True,
+    help="Cap on the judge's analysis where the schema is enforced (llama.cpp).",
+)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--dtype", default="auto", show_default=True)
+@click.option("--show-rubric", is_flag=True, help="Print the judge rubric and exit.")
+@click.option(
+    "--calibrate",
+    is_flag=True,
+    help="Report the judge's accuracy and confusion on the shipped labelled sets.",
+)
+@click.option(
+    "--calibration-set",
+    "calibration_sets",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Labelled JSONL ({prompt, answer, label, kind}) for --calibrate.",
+)
+def judge(
+    answers: Path | None,
+    output: Path | None,
+    backend: str,
+    url: str | None,
+    judge_model: str | None,
+    structured: str,
+    cache_path: Path | None,
+    band: float,
+    concurrency: int,
+    timeout: float,
+    retries: int,
+    backoff: float,
+    max_tokens: int,
+    analysis_chars: int,
+    device: str,
+    dtype: str,
+    show_rubric: bool,
+    calibrate: bool,
+    calibration_sets: tuple[Path, ...],
+) -> None:
+    """Judge ANSWERS and write refusal scores c(x) to SCORES (resumable)."""
+    from bake.errors import InputError
+    from bake.judge_rubric import RUBRIC, RUBRIC_VERSION
+
+    if show_rubric:
+        click.echo(f"# {RUBRIC_VERSION}\n{RUBRIC}")
+        return
+    if not calibrate and (answers is None or output is None):
+        raise InputError("judge needs ANSWERS and -o SCORES (or --calibrate / --show-rubric)")
+    from bake.judge import make_judge, run_calibration, run_judge
+
+    engine = make_judge(
+        backend,
+        url=url,
+        model=judge_model,
+        structured=structured,
+        concurrency=concurrency,
+        timeout=timeout,
+        retries=retries,
+        backoff=backoff,
+        max_tokens=max_tokens,
+        device=device,
+        dtype=dtype,
+        analysis_chars=analysis_chars,
+    )
+    if calibrate:
+        for result in run_calibration(engine, list(calibration_sets) or None, cache_path):
+            click.echo(result.render())
+        return
+    assert answers is not None and output is not None
+    cache = cache_path or output.with_name(output.name + ".judge-cache.sqlite")
+    click.echo(run_judge(answers, output, engine, cache_path=cache, band=band).render())
+
+
+# --------------------------------------------------------------------------- collect, fit
+@main.command()
+@click.argument("model")
+@click.argument("prompts", type=click.Path(path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="ACTS folder to write (safetensors shards + index.json).",
+)
+@click.option("--layers", default=None, help="0-based blocks, ranges inclusive [default: all].")
+@click.option(
+    "--position",
+    type=click.Choice(["last", "template", "mean"]),
+    default="last",
+    show_default=True,
+    help="last prompt token; mean over the chat-template tokens after the "
+    "instruction; mean over all prompt tokens.",
+)
+@click.option("--batch-size", default=8, show_default=True)
+@click.option("--system", default=None, help="System message for every prompt.")
+@click.option("--device", default="cpu", show_default=True)
+@click.option(
+    "--dtype",
+    default="auto",
+    show_default=True,
+    help="auto: the checkpoint's dtype on an accelerator, float32 on the CPU.",
+)
+@click.option(
+    "--device-map",
+    type=click.Choice(["auto"]),
+    default=None,
+    help="Spread a model larger than one device over all devices (accelerate).",
+)
+@click.option("--overwrite", is_flag=True, help="Replace an existing output.")
+def collect(
+    model: str,
+    prompts: Path,
+    output: Path,
+    layers: str | None,
+    position: str,
+    batch_size: int,
+    system: str | None,
+    device: str,
+    dtype: str,
+    device_map: str | None,
+    overwrite: bool,
+) -> None:
+    """Block-output activations of MODEL on PROMPTS, one row per prompt and layer."""
+    from bake.collect import collect as run_collect
+    from bake.plan import format_layers, parse_layers
+
+    acts = run_collect(
+        model,
+        prompts,
+        output,
+        device=device,
+        dtype=dtype,
+        device_map=device_map,
+        layers=parse_layers(layers) if layers else None,
+        position=position,
+        batch_size=batch_size,
+        system=system,
+        overwrite=overwrite,
+    )
+    click.echo(
+        f"wrote {output}: {len(acts.ids)} prompts x layers "
+        f"{format_layers(acts.layers)}, hidden size {acts.fingerprint.hidden_size}, "
+        f"position {acts.position}"
+    )
+
+
+@main.command()
+@click.argument("acts", type=click.Path(path_type=Path))
+@click.argument("scores", type=click.Path(path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="VECTORS.safetensors to write.",
+)
+@click.option(
+    "--method",
+    type=click.Choice(["md", "rmd", "wrmd"]),
+    default="wrmd",
+    show_default=True,
+    help="wrmd weights each prompt by |score|.",
+)
+@click.option(
+    "--covariance",
+    type=click.Choice(["compliant", "pooled"]),
+    default="compliant",
+    show_default=True,
+    help="Covariance of the compliant set, or pooled within-class.",
+)
+@click.option(
+    "--lambda",
+    "lam",
+    default=0.1,
+    show_default=True,
+    help="Ridge lambda (relative to trace(Sigma)/d unless --lambda-mode absolute).",
+)
+@click.option(
+    "--lambda-mode",
+    type=click.Choice(["relative", "absolute"]),
+    default="relative",
+    show_default=True,
+)
+@click.option(
+    "--float64/--float32",
+    "float64",
+    default=True,
+    show_default=True,
+    help="Accumulate and solve in float64.",
+)
+@click.option(
+    "--solver",
+    type=click.Choice(["auto", "primal", "dual"]),
+    default="auto",
+    show_default=True,
+    help="dual (Woodbury) is cheaper with fewer rows than dims.",
+)
+@click.option("--refusal-above", default=0.1, show_default=True, help="Refusal set: score > this.")
+@click.option(
+    "--compliant-below", default=-0.1, show_default=True, help="Compliant set: score < this."
+)
+@click.option(
+    "--min-set-size", default=8, show_default=True, help="Fewest prompts allowed in each set."
+)
+@click.option(
+    "--holdout",
+    default=0.2,
+    show_default=True,
+    help="Share of each set held out for the diagnostics (0: in-sample).",
+)
+@click.option("--seed", default=0, show_default=True, help="Seed of the held-out split.")
+@click.option("--layers", default=None, help="Fit only these blocks [default: all in ACTS].")
+def fit(
+    acts: Path,
+    scores: Path,
+    output: Path,
+    method: str,
+    covariance: str,
+    lam: float,
+    lambda_mode: str,
+    float64: bool,
+    solver: str,
+    refusal_above: float,
+    compliant_below: float,
+    min_set_size: int,
+    holdout: float,
+    seed: int,
+    layers: str | None,
+) -> None:
+    """Fit steering vectors (MD, RMD, WRMD) from ACTS and SCORES ({id, score} JSONL)."""
+    from bake.fit import FitOptions, render_diagnostics
+    from bake.fit import fit as run_fit
+    from bake.plan import parse_layers
+
+    opts = FitOptions(
+        method=method,
+        covariance=covariance,
+        lam=lam,
+        lambda_mode=lambda_mode,
+        float64=float64,
+        solver=solver,
+        refusal_above=refusal_above,
+        compliant_below=compliant_below,
+        min_set_size=min_set_size,
+        holdout=holdout,
+        seed=seed,
+    )
+    vecs = run_fit(acts, scores, output, opts, layers=parse_layers(layers) if layers else None)
+    counts = vecs.provenance["counts"]
+    click.echo(render_diagnostics(vecs))
+    click.echo(
+        f"wrote {output}: {method}, {len(vecs.layers)} layers, refusal "
+        f"{counts['refusal']}, compliant {counts['compliant']}, neutral "
+        f"{counts['neutral']} (held out for diagnostics: {counts['heldout']})"
+    )
+
+
+# --------------------------------------------------------------------------- tune, evaluate
+def _measurer(
+    judge: str, judge_url: str | None, judge_model: str | None, samples: int, max_new_tokens: int
+) -> Any:
+    from bake.evaluate import Measurer
+    from bake.generate import SamplingOptions
+    from bake.judge import make_judge
+
+    sampling = SamplingOptions(
+        k=max(1, samples), max_new_tokens=max_new_tokens, greedy=samples <= 1
+    )
+    return Measurer(make_judge(judge, url=judge_url, model=judge_model), sampling)
+
+
+def _judge_options(f: Any) -> Any:
+    for option in reversed(
+        [
+            click.option(
+                "--judge",
+                default="pattern",
+                show_default=True,
+                help="Judge backend: pattern, openai, llama, transformers.",
+            ),
+            click.option("--judge-url", default=None, help="OpenAI-compatible judge server."),
+            click.option("--judge-model", default=None, help="Judge model name, GGUF or folder."),
+            click.option(
+                "--samples",
+                default=1,
+                show_default=True,
+                help="Answers per prompt (1 = greedy; more = sampled at temperature 1).",
+            ),
+            click.option("--max-new-tokens", default=48, show_default=True),
+            click.option("--device", default="cpu", show_default=True),
+            click.option("--dtype", default="float32", show_default=True),
+        ]
+    ):
+        f = option(f)
+    return f
+
+
+@main.command()
+@click.argument("model")
+@click.argument("vectors_file", metavar="VECTORS", type=click.Path(path_type=Path))
+@click.option("--sensitive", type=click.Path(path_type=Path), help="Prompts to stop refusing.")
+@click.option("--harmful", type=click.Path(path_type=Path), help="Prompts to keep refusing.")
+@click.option(
+    "--benign",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Prompts for the KL guard (and, with --goal induce, to keep answering).",
+)
+@click.option(
+    "--target",
+    type=click.Path(path_type=Path),
+    help="With --goal induce: prompts to make the model refuse.",
+)
+@click.option(
+    "--goal", type=click.Choice(["remove", "induce"]), default="remove", show_default=True
+)
+@click.option(
+    "--harmful-tolerance",
+    default=0.1,
+    show_default=True,
+    help="Allowed drop of harmful refusal (share of prompts).",
+)
+@click.option(
+    "--benign-tolerance",
+    default=0.1,
+    show_default=True,
+    help="With --goal induce: allowed rise of benign refusal.",
+)
+@click.option("--kl-max", default=0.1, show_default=True, help="Bound on benign KL.")
+@click.option("--alphas", default=None, help="Alpha magnitudes to try, e.g. 0.05,0.1,0.2.")
+@click.option("--layer-counts", default=None, help="Numbers of layers to try, e.g. 1,4,8.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True)
+@click.option("--report-dir", type=click.Path(path_type=Path), default=None)
+@_judge_options
+def tune(
+    model: str,
+    vectors_file: Path,
+    sensitive: Path | None,
+    harmful: Path | None,
+    benign: Path,
+    target: Path | None,
+    goal: str,
+    harmful_tolerance: float,
+    benign_tolerance: float,
+    kl_max: float,
+    alphas: str | None,
+    layer_counts: str | None,
+    output: Path,
+    report_dir: Path | None,
+    judge: str,
+    judge_url: str | None,
+    judge_model: str | None,
+    samples: int,
+    max_new_tokens: int,
+    device: str,
+    dtype: str,
+) -> None:
+    """Search layers and alpha; write PLAN and a tuning report (table and plots)."""
+    from bake.tune import TuneSettings, run_tune
+    from bake.tune_report import render_table
+
+    settings = TuneSettings(
+        goal=goal,
+        harmful_tolerance=harmful_tolerance,
+        benign_tolerance=benign_tolerance,
+        kl_max=kl_max,
+        layer_counts=_ints(layer_counts),
+        alphas=_floats(alphas),
+    )
+    files = {
+        k: v
+        for k, v in {
+            "sensitive": sensitive,
+            "harmful": harmful,
+            "benign": benign,
+            "target": target,
+        }.items()
+        if v is not None
+    }
+    result = run_tune(
+        model,
+        vectors_file,
+        files,
+        output,
+        settings=settings,
+        measurer=_measurer(judge, judge_url, judge_model, samples, max_new_tokens),
+        report_dir=report_dir,
+        dtype=dtype,
+        device=device,
+    )
+    click.echo(render_table(result))
+    click.echo(f"wrote {output}")
+
+
+def _ints(text: str | None) -> tuple[int, ...] | None:
+    return tuple(int(x) for x in text.split(",")) if text else None
+
+
+def _floats(text: str | None) -> tuple[float, ...]:
+    from bake.tune import ALPHA_MAGNITUDES
+
+    return tuple(abs(float(x)) for x in text.split(",")) if text else ALPHA_MAGNITUDES
+
+
+@main.command()
+@click.argument("model")
+@click.option(
+    "--plan",
+    "plan_file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Steer with hooks from this plan.",
+)
+@click.option(
+    "--baked",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Evaluate this baked checkpoint or adapter.",
+)
+@click.option(
+    "--prompts",
+    "prompt_files",
+    type=click.Path(path_type=Path),
+    multiple=True,
+    required=True,
+    help="Prompt set (repeatable); named by file stem.",
+)
+@click.option(
+    "--kl-set",
+    "kl_sets",
+    multiple=True,
+    help="Set names for KL (default: names containing 'benign').",
+)
+@click.option("--report", type=click.Path(path_type=Path), default=None)
+@_judge_options
+def evaluate(
+    model: str,
+    plan_file: Path | None,
+    baked: Path | None,
+    prompt_files: tuple[Path, ...],
+    kl_sets: tuple[str, ...],
+    report: Path | None,
+    judge: str,
+    judge_url: str | None,
+    judge_model: str | None,
+    samples: int,
+    max_new_tokens: int,
+    device: str,
+    dtype: str,
+) -> None:
+    """Refusal rate per prompt set before/after steering, and benign KL."""
+    from bake.evaluate import render_evaluation, run_evaluate
+
+    result = run_evaluate(
+        model,
+        prompt_files,
+        plan_file=plan_file,
+        baked=baked,
+        measurer=_measurer(judge, judge_url, judge_model, samples, max_new_tokens),
+        kl_sets=kl_sets or None,
+        dtype=dtype,
+        device=device,
+    )
+    if report:
+        from bake.fileio import atomic_write_path
+
+        with atomic_write_path(report) as tmp:
+            tmp.write_text(json.dumps(result, indent=2) + "\n")
+    click.echo(render_evaluation(result))
+
+
+# --------------------------------------------------------------------------- export, push
+@main.command("export")
+@click.argument("model")
+@click.argument("plan_file", metavar="PLAN", type=click.Path(path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Folder that receives NAME/ and NAME-GGUF/.",
+)
+@click.option("--name", default=None, help="Build name (Hub repo name) [default: SOURCE-steered].")
+@click.option(
+    "--route",
+    type=click.Choice(["auto", "bias", "adapter"]),
+    default="auto",
+    show_default=True,
+    help="bias: new checkpoint; adapter: PEFT adapter folder.",
+)
+@click.option(
+    "--gguf-types",
+    default=None,
+    metavar="TYPES",
+    help="Comma-separated GGUF types: F32, F16, BF16, Q8_0, Q4_K_M [default: F16].",
+)
+@click.option("--no-gguf", is_flag=True, help="Write only the safetensors build.")
+@click.option(
+    "--base-gguf",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Steer this existing GGUF of the base model instead of converting MODEL.",
+)
+@click.option(
+    "--base-model-id",
+    default=None,
+    metavar="ORG/NAME",
+    help="Hub id of MODEL, for the cards' base_model.",
+)
+@click.option(
+    "--tuning-report",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="tuning_report.json from `steerbake tune` [default: the one beside PLAN].",
+)
+@click.option(
+    "--eval-report",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="JSON report from `steerbake evaluate`, for the cards' evaluation section.",
+)
+@click.option(
+    "--prompts",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Extra verify prompts (JSONL or text, one per line).",
+)
+@click.option(
+    "--skip-verify", is_flag=True, help="Do not verify (the cards then say 'not verified')."
+)
+@click.option("--overwrite", is_flag=True, help="Replace existing output folders.")
+def export_cmd(
+    model: str,
+    plan_file: Path,
+    output: Path,
+    name: str | None,
+    route: str,
+    gguf_types: str | None,
+    no_gguf: bool,
+    base_gguf: Path | None,
+    base_model_id: str | None,
+    tuning_report: Path | None,
+    eval_report: Path | None,
+    prompts: Path | None,
+    skip_verify: bool,
+    overwrite: bool,
+) -> None:
+    """Bake, verify and write publishable folders: OUTPUT/NAME and OUTPUT/NAME-GGUF."""
+    from export.build import ExportOptions, export_model, parse_gguf_types
+
+    opts = ExportOptions(
+        name=name,
+        route=route,
+        gguf=not no_gguf,
+        gguf_types=parse_gguf_types(gguf_types) if gguf_types else None,
+        base_gguf=base_gguf,
+        base_model_id=base_model_id,
+        tuning_report=tuning_report,
+        eval_report=eval_report,
+        prompts=prompts,
+        skip_verify=skip_verify,
+        overwrite=overwrite,
+    )
+    click.echo(export_model(model, plan_file, output, opts).summary())
+
+
+@main.command()
+@click.argument("folder", metavar="DIR", type=click.Path(path_type=Path))
+@click.option("--repo-id", required=True, metavar="USER/NAME", help="Hub repository to upload to.")
+@click.option("--private", is_flag=True, help="Create the repository private.")
+@click.option("--revision", default=None, help="Branch to upload to (created if missing).")
+@click.option("--dry-run", is_flag=True, help="List what would be uploaded; no network.")
+@click.option("--commit-message", default=None, help="[default: Upload NAME with steerbake].")
+def push(
+    folder: Path,
+    repo_id: str,
+    private: bool,
+    revision: str | None,
+    dry_run: bool,
+    commit_message: str | None,
+) -> None:
+    """Upload an exported folder to the Hugging Face Hub (token: HF_TOKEN or `hf auth login`)."""
+    from export.push import push_folder
+
+    click.echo(
+        push_folder(
+            folder,
+            repo_id,
+            private=private,
+            revision=revision,
+            dry_run=dry_run,
+            commit_message=commit_message,
+        ).render()
+    )
+
+
+# --------------------------------------------------------------------------- quantize
+@main.command()
+@click.argument("input_gguf", metavar="IN.gguf", type=click.Path(path_type=Path))
+@click.argument("output_gguf", metavar="OUT.gguf", type=click.Path(path_type=Path))
+@click.option(
+    "--type",
+    "qtype",
+    metavar="Q8_0|Q4_K_M",
+    required=True,
+    help="llama.cpp quantization; steering biases stay F32.",
+)
+@click.option("--threads", type=int, default=0, help="Quantizer threads [default: all cores].")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output.")
+def quantize(
+    input_gguf: Path, output_gguf: Path, qtype: str, threads: int, overwrite: bool
+) -> None:
+    """Quantize an F32/F16/BF16 GGUF with llama.cpp's quantizer (llama-cpp-python)."""
+    from export.quantize import quantize_gguf
+
+    click.echo(
+        quantize_gguf(
+            input_gguf, output_gguf, qtype, overwrite=overwrite, threads=threads
+        ).summary()
+    )
+
+
+# --------------------------------------------------------------------------- gguf, cvec, chat
+@main.command()
+@click.argument("model", required=False)
+@click.option(
+    "-o", "--output", type=click.Path(path_type=Path), required=True, help="GGUF file to write."
+)
+@click.option(
+    "--plan",
+    "plan_file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Bake PLAN's vectors into blk.N.ffn_down.bias (llama-arch GGUFs only).",
+)
+@click.option(
+    "--type",
+    "out_type",
+    type=click.Choice(["F32", "F16", "BF16"], case_sensitive=False),
+    default="F32",
+    show_default=True,
+    help="Weight type; norms and biases stay F32.",
+)
+@click.option(
+    "--base-gguf",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Instead of converting MODEL, copy this existing GGUF (any quantization) "
+    "and add PLAN's vectors to it; needs --plan.",
+)
+@click.option("--overwrite", is_flag=True, help="Replace an existing output.")
+def gguf(
+    model: str | None,
+    output: Path,
+    plan_file: Path | None,
+    out_type: str,
+    base_gguf: Path | None,
+    overwrite: bool,
+) -> None:
+    """Write MODEL (llama, mistral, qwen2, qwen3) as a GGUF for llama.cpp, or steer an
+    existing GGUF with --base-gguf BASE.gguf --plan PLAN."""
+    if base_gguf is not None:
+        from export.gguf_patch import patch_gguf_command
+
+        source = click.get_current_context().get_parameter_source("out_type")
+        explicit_type = source is not None and source.name != "DEFAULT"
+        click.echo(
+            patch_gguf_command(
+                base_gguf,
+                plan_file,
+                output,
+                model=model,
+                explicit_type=explicit_type,
+                overwrite=overwrite,
+            )
+        )
+        return
+    from export.gguf_writer import convert_to_gguf
+
+    click.echo(convert_to_gguf(model, output, out_type, plan_file, overwrite=overwrite).summary())
+
+
+@main.command()
+@click.argument("plan_file", metavar="PLAN", type=click.Path(path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Control-vector GGUF to write.",
+)
+@click.option(
+    "--model",
+    default=None,
+    help="Check the plan against MODEL and round the vectors to its dtype (as the "
+    "hook reference does).",
+)
+@click.option("--overwrite", is_flag=True, help="Replace an existing output.")
+def cvec(plan_file: Path, output: Path, model: str | None, overwrite: bool) -> None:
+    """Write PLAN's vectors as a llama.cpp control vector (direction.N, N >= 1)."""
+    from bake.plan import format_layers
+    from export.gguf_writer import write_plan_control_vector
+
+    info = write_plan_control_vector(plan_file, output, model=model, overwrite=overwrite)
+    click.echo(
+        f"wrote {output}: control vector for {info['model_hint']}, blocks "
+        f"{format_layers(info['layers'])}, values {info['rounding']}; use it beside "
+        "the unsteered GGUF only (llama.cpp: --control-vector FILE)"
+    )
+
+
+@main.command()
+@click.argument("gguf_file", metavar="FILE.gguf", type=click.Path(path_type=Path))
+@click.option(
+    "--control-vector",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Control-vector GGUF applied to every token.",
+)
+@click.option(
+    "--scale", type=float, default=1.0, show_default=True, help="Multiplier on the control vector."
+)
+@click.option("--prompt", default=None, help="Answer this one message and exit.")
+@click.option("--max-tokens", default=256, show_default=True)
+@click.option("--temperature", default=0.7, show_default=True, help="0 = greedy.")
+@click.option("--ctx", "n_ctx", default=2048, show_default=True, help="Context length.")
+@click.option("--seed", default=0, show_default=True)
+def chat(
+    gguf_file: Path,
+    control_vector: Path | None,
+    scale: float,
+    prompt: str | None,
+    max_tokens: int,
+    temperature: float,
+    n_ctx: int,
+    seed: int,
+) -> None:
+    """Chat with a GGUF in llama.cpp, with its own chat template (/exit to quit)."""
+    from export.llama_runtime import chat as run_chat
+
+    run_chat(
+        gguf_file,
+        control_vector=control_vector,
+        scale=scale,
+        prompt=prompt,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        n_ctx=n_ctx,
+        seed=seed,
+        write=lambda text, newline: click.echo(text, nl=newline),
+        read=lambda text: click.prompt(text, prompt_suffix=""),
+    )
+
+
 # --------------------------------------------------------------------------- demo
 @main.command()
 @click.option(
@@ -241,7 +1167,7 @@ def verify(
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
 def demo(output: Path, overwrite: bool) -> None:
     """Run the whole pipeline on the embedded toy model, every artifact into OUTPUT."""
-    from bake.demo import run_demo
+    from export.demo import run_demo
 
     run_demo(output, overwrite=overwrite)
 

@@ -54,6 +54,56 @@ def build_tokenizer(folder: Path) -> Any:
     return fast
 
 
+SPM_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}[INST] "
+    "{{ m['content'] }} [/INST]{% else %}{{ m['content'] }}{{ eos_token }}{% endif %}{% endfor %}"
+)
+
+
+def build_spm_tokenizer(folder: Path) -> Any:
+    """Train a Llama/Mistral-style SentencePiece BPE (vocab 420, byte fallback, <unk> <s>
+    </s> = 0 1 2); save tokenizer.model plus the equivalent tokenizer.json (legacy spaces)."""
+    import io
+
+    import sentencepiece as spm
+    from transformers import LlamaTokenizer
+    from transformers.tokenization_utils_base import generate_merges
+
+    proto = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(CORPUS),
+        model_writer=proto,
+        vocab_size=420,
+        model_type="bpe",
+        byte_fallback=True,
+        character_coverage=1.0,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+        split_digits=True,
+        allow_whitespace_only_pieces=True,
+        minloglevel=2,
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "tokenizer.model").write_bytes(proto.getvalue())
+    sp = spm.SentencePieceProcessor(model_proto=proto.getvalue())
+    vocab = {sp.id_to_piece(i): i for i in range(sp.get_piece_size())}
+    tok = LlamaTokenizer(
+        vocab=vocab,
+        merges=generate_merges(vocab),
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        legacy=True,
+    )
+    tok.chat_template = SPM_CHAT_TEMPLATE
+    tok.save_pretrained(folder)
+    return tok
+
+
 def _config(
     family: str,
     vocab: int,
@@ -101,16 +151,20 @@ def build_model(
     n_layers: int = 4,
     hidden: int = 64,
     intermediate: int = 128,
+    tokenizer: str = "bpe",
 ) -> Path:
-    """Random model of `family` saved with the shared tokenizer; sharded if shard_size."""
+    """Random model of `family` saved with the shared tokenizer; sharded if shard_size.
+    tokenizer="spm": the SentencePiece one instead (bos/eos/pad ids 1/2/none)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     folder.mkdir(parents=True, exist_ok=True)
-    tok = build_tokenizer(folder)
+    tok = build_spm_tokenizer(folder) if tokenizer == "spm" else build_tokenizer(folder)
     config = _config(
         family, len(tok), tied=tied, n_layers=n_layers, hidden=hidden, intermediate=intermediate
     )
+    if tokenizer == "spm":
+        config.bos_token_id, config.eos_token_id, config.pad_token_id = 1, 2, None
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
     with torch.no_grad():  # larger weights so logits have std ~1 and hooks visibly matter

@@ -1,0 +1,340 @@
+"""Configuration finder: which layers and what alpha.
+
+Layers are ranked by how well the projection on v_l predicts c(x) (the fit's Pearson r),
+the deepest ~20% dropped (and block 0 where llama.cpp can only take a control vector).
+Then, for each number of layers n (the n best-ranked), alpha grows in magnitude until the
+objective is met or a guard breaks:
+  remove: minimise refusal on the sensitive set subject to
+          harmful refusal >= unsteered harmful refusal - tolerance, and benign KL <= bound;
+  induce: maximise refusal on the target set subject to
+          benign refusal <= unsteered benign refusal + tolerance.
+Every configuration's result is cached in a JSONL file keyed by everything it depends on,
+so an interrupted search resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bake.arch import ArchSpec
+from bake.errors import InputError
+from bake.evaluate import (
+    Measurer,
+    load_model_and_tokenizer,
+    mean_kl,
+    measure_refusal,
+    next_token_logprobs,
+    steered,
+)
+from bake.prompts import Prompt
+from bake.vectors import SteeringVectors
+
+ALPHA_MAGNITUDES = (0.025, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.7)
+
+
+@dataclass
+class TuneSettings:
+    goal: str = "remove"  # remove | induce
+    harmful_tolerance: float = 0.1  # allowed drop of harmful refusal (absolute share)
+    benign_tolerance: float = 0.1  # induce: allowed rise of benign refusal
+    kl_max: float = 0.1  # bound on benign KL(base || steered)
+    drop_deepest: float = 0.2  # share of the deepest layers never steered
+    layer_counts: tuple[int, ...] | None = None  # default 1, 2, 4, 8, ... and all
+    alphas: tuple[float, ...] = ALPHA_MAGNITUDES  # magnitudes; the goal gives the sign
+
+    def check(self) -> None:
+        if self.goal not in ("remove", "induce"):
+            raise InputError(f"--goal must be remove or induce, not {self.goal!r}")
+        if not self.alphas or any(not (math.isfinite(a) and a > 0) for a in self.alphas):
+            raise InputError("--alphas must be positive magnitudes, e.g. 0.05,0.1,0.2")
+
+
+@dataclass
+class Trial:
+    layers: list[int]
+    alpha: float
+    primary: float  # refusal on the sensitive (remove) or target (induce) set
+    guard: float  # refusal on harmful (remove) or benign (induce)
+    kl: float
+    feasible: bool
+    reason: str = ""
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.layers)
+
+
+@dataclass
+class TuneResult:
+    settings: TuneSettings
+    ranked: list[int]
+    baseline: dict[str, float]
+    trials: list[Trial] = field(default_factory=list)
+    best: Trial | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "settings": asdict(self.settings),
+            "ranked_layers": self.ranked,
+            "baseline": self.baseline,
+            "trials": [asdict(t) for t in self.trials],
+            "best": asdict(self.best) if self.best else None,
+        }
+
+
+def ranked_layers(vectors: SteeringVectors, spec: ArchSpec, drop_deepest: float) -> list[int]:
+    """Layers by the fit's Pearson r (best first), deepest share and unreachable ones out."""
+    n = vectors.fingerprint.num_layers
+    limit = n - max(1, round(n * drop_deepest))
+    usable = [
+        layer for layer in vectors.layers if layer < limit and (layer > 0 or spec.gguf_bias_slot)
+    ]
+    if not usable:
+        raise InputError(
+            f"no layer left to steer among {vectors.layers} after dropping the "
+            f"deepest {drop_deepest:.0%}; fit vectors for earlier layers"
+        )
+
+    def r(layer: int) -> float:
+        value = vectors.diagnostics.get(layer, {}).get("pearson_r")
+        return float(value) if value is not None and math.isfinite(value) else -math.inf
+
+    return sorted(usable, key=lambda layer: (-r(layer), layer))
+
+
+def layer_counts(n_ranked: int, requested: Sequence[int] | None) -> list[int]:
+    if requested:
+        return sorted({min(n, n_ranked) for n in requested if n > 0})
+    counts = {1 << k for k in range(8) if 1 << k <= n_ranked}
+    return sorted(counts | {n_ranked})
+
+
+class _Cache:
+    """Trials keyed by a hash of everything they depend on; appended as they finish."""
+
+    def __init__(self, path: Path | None, context: dict[str, Any]) -> None:
+        self.path, self.context = path, context
+        self.rows: dict[str, dict[str, Any]] = {}
+        if path and path.exists():
+            for line in path.read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                    self.rows[row["key"]] = row["trial"]
+                except (json.JSONDecodeError, KeyError):
+                    continue  # a line cut short by an interruption
+
+    def key(self, layers: list[int], alpha: float) -> str:
+        blob = json.dumps({**self.context, "layers": layers, "alpha": alpha}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def get(self, layers: list[int], alpha: float) -> Trial | None:
+        row = self.rows.get(self.key(layers, alpha))
+        return Trial(**row) if row else None
+
+    def put(self, trial: Trial) -> None:
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a+b") as f:
+            f.seek(0, 2)
+            if f.tell() and (f.seek(-1, 2), f.read(1))[1] != b"\n":
+                f.write(b"\n")  # end a line an interruption cut short
+        with open(self.path, "a") as f:
+            f.write(
+                json.dumps({"key": self.key(trial.layers, trial.alpha), "trial": asdict(trial)})
+                + "\n"
+            )
+
+
+class _Search:
+    """Model, prompt sets and baselines held once; `trial` measures one configuration."""
+
+    def __init__(
+        self,
+        model: Any,
+        tok: Any,
+        sets: dict[str, list[Prompt]],
+        vectors: SteeringVectors,
+        ckpt_dtype: Any,
+        m: Measurer,
+        settings: TuneSettings,
+    ) -> None:
+        self.model, self.tok, self.sets, self.vectors = model, tok, sets, vectors
+        self.ckpt_dtype, self.m, self.s = ckpt_dtype, m, settings
+        self.primary_set = "sensitive" if settings.goal == "remove" else "target"
+        self.guard_set = "harmful" if settings.goal == "remove" else "benign"
+        self.base_logp = next_token_logprobs(model, tok, sets["benign"])
+        self.baseline = {
+            name: measure_refusal(model, tok, name, ps, m).refusal_rate for name, ps in sets.items()
+        }
+
+    def trial(self, layers: list[int], alpha: float) -> Trial:
+        vecs = {layer: alpha * self.vectors.vector(layer) for layer in layers}
+        with steered(self.model, vecs, self.ckpt_dtype):
+            kl = mean_kl(
+                self.base_logp, next_token_logprobs(self.model, self.tok, self.sets["benign"])
+            )
+            if self.s.goal == "remove" and kl > self.s.kl_max:
+                return Trial(layers, alpha, math.nan, math.nan, kl, False, "benign KL")
+            primary, guard = (
+                measure_refusal(self.model, self.tok, name, self.sets[name], self.m).refusal_rate
+                for name in (self.primary_set, self.guard_set)
+            )
+        return Trial(layers, alpha, primary, guard, kl, *self._judge(guard))
+
+    def _judge(self, guard: float) -> tuple[bool, str]:
+        base = self.baseline[self.guard_set]
+        if self.s.goal == "remove" and guard < base - self.s.harmful_tolerance:
+            return False, "harmful refusal dropped"
+        if self.s.goal == "induce" and guard > base + self.s.benign_tolerance:
+            return False, "benign refusal rose"
+        return True, ""
+
+    def done(self, t: Trial) -> bool:
+        """Stop growing alpha: a guard broke or the objective cannot get better."""
+        if not t.feasible:
+            return True
+        return t.primary == (0.0 if self.s.goal == "remove" else 1.0)
+
+
+def pick_best(trials: list[Trial], goal: str) -> Trial | None:
+    """Best feasible trial; ties go to lower KL, fewer layers, smaller |alpha|."""
+    feasible = [t for t in trials if t.feasible]
+    sign = 1 if goal == "remove" else -1
+    return min(
+        feasible, key=lambda t: (sign * t.primary, t.kl, t.n_layers, abs(t.alpha)), default=None
+    )
+
+
+def run_search(
+    model: Any,
+    tok: Any,
+    sets: dict[str, list[Prompt]],
+    vectors: SteeringVectors,
+    spec: ArchSpec,
+    ckpt_dtype: Any,
+    m: Measurer,
+    settings: TuneSettings,
+    cache: _Cache,
+    progress: bool = True,
+) -> TuneResult:
+    from tqdm.auto import tqdm
+
+    settings.check()
+    search = _Search(model, tok, sets, vectors, ckpt_dtype, m, settings)
+    ranked = ranked_layers(vectors, spec, settings.drop_deepest)
+    result = TuneResult(settings, ranked, search.baseline)
+    sign = -1.0 if settings.goal == "remove" else 1.0
+    counts = layer_counts(len(ranked), settings.layer_counts)
+    bar = tqdm(
+        total=len(counts) * len(settings.alphas), desc="tune", unit="config", disable=not progress
+    )
+    for n in counts:
+        layers = sorted(ranked[:n])
+        for magnitude in sorted(settings.alphas):
+            alpha = sign * magnitude
+            trial = cache.get(layers, alpha)
+            if trial is None:
+                trial = search.trial(layers, alpha)
+                cache.put(trial)
+            result.trials.append(trial)
+            bar.update(1)
+            if search.done(trial):
+                break
+    bar.close()
+    result.best = pick_best(result.trials, settings.goal)
+    return result
+
+
+def run_tune(
+    model: str | Path | None,
+    vectors_path: Path,
+    set_files: dict[str, Path],
+    output: Path,
+    *,
+    settings: TuneSettings | None = None,
+    measurer: Measurer | None = None,
+    report_dir: Path | None = None,
+    cache_path: Path | None = None,
+    dtype: str = "float32",
+    device: str = "cpu",
+    progress: bool = True,
+) -> TuneResult:
+    """Search, then write the plan (provenance filled in) and the report beside it.
+
+    set_files: remove -> sensitive, harmful, benign; induce -> target, benign.
+    """
+    import torch
+
+    from bake.checkpoint import TORCH_DTYPE_NAMES, open_checkpoint
+    from bake.fold import fingerprint_of
+    from bake.models import resolve_model
+    from bake.plan import make_plan
+    from bake.prompts import load_prompts
+    from bake.tune_report import write_report
+
+    settings = settings or TuneSettings()
+    settings.check()
+    need = ("sensitive", "harmful", "benign") if settings.goal == "remove" else ("target", "benign")
+    missing = [n for n in need if n not in set_files]
+    if missing:
+        raise InputError(
+            f"--goal {settings.goal} needs prompt sets {', '.join(need)}; "
+            f"missing: {', '.join('--' + n for n in missing)}"
+        )
+    m = measurer or Measurer()
+    src = resolve_model(model)
+    ckpt = open_checkpoint(src)
+    vectors = SteeringVectors.load(vectors_path)
+    vectors.fingerprint.check(fingerprint_of(ckpt), f"vector file {vectors_path}")
+    sets = {name: load_prompts(set_files[name]) for name in need}
+    output = Path(output)
+    cache = _Cache(
+        cache_path or output.with_suffix(".tune-cache.jsonl"),
+        {
+            "model": str(src),
+            "vectors": _digest(vectors_path),
+            "sets": {n: _digest(set_files[n]) for n in need},
+            "measure": m.describe(),
+            "goal": settings.goal,
+            "drop": settings.drop_deepest,
+        },
+    )
+    loaded, tok = load_model_and_tokenizer(src, dtype, device)
+    ckpt_dtype = getattr(torch, TORCH_DTYPE_NAMES.get(ckpt.dtype, "float32"))
+    result = run_search(
+        loaded, tok, sets, vectors, ckpt.spec, ckpt_dtype, m, settings, cache, progress
+    )
+    if result.best is None:
+        raise InputError(
+            "no configuration met the guards; loosen --harmful-tolerance or "
+            "--kl-max, or try other --alphas (see the tuning report)"
+        )
+    best = result.best
+    provenance = {
+        "source_model": str(src),
+        "tuning": {
+            "goal": settings.goal,
+            "baseline": result.baseline,
+            "chosen": asdict(best),
+            "trials": len(result.trials),
+            "prompt_sets": {n: len(p) for n, p in sets.items()},
+            **m.describe(),
+        },
+    }
+    plan = make_plan(vectors_path, best.layers, best.alpha, provenance=provenance)
+    plan.save(output)
+    write_report(result, report_dir or output.parent / f"{output.stem}-tuning")
+    return result
+
+
+def _digest(path: Path) -> str:
+    from bake.fileio import sha256_file
+
+    return sha256_file(Path(path))

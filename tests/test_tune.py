@@ -1,0 +1,88 @@
+"""Configuration finder logic (no model): layer ranking, counts, choice, resumable cache."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bake.arch import arch_spec
+from bake.errors import InputError
+from bake.tune import Trial, _Cache, layer_counts, pick_best, ranked_layers
+from bake.vectors import Fingerprint, SteeringVectors
+
+
+def _vectors(n_layers: int, r: dict[int, float]) -> SteeringVectors:
+    fp = Fingerprint("llama", 4, n_layers)
+    vecs = SteeringVectors.from_raw({i: np.ones(4) for i in range(n_layers)}, fp)
+    vecs.diagnostics = {i: {"pearson_r": r.get(i, 0.0)} for i in range(n_layers)}
+    return vecs
+
+
+def test_ranking_drops_deepest_and_orders_by_pearson_r() -> None:
+    vecs = _vectors(10, {0: 0.9, 3: 0.8, 5: 0.7, 8: 0.99, 9: 0.95, 2: 0.1})
+    ranked = ranked_layers(vecs, arch_spec("llama"), 0.2)
+    assert 8 not in ranked and 9 not in ranked  # deepest 20% of 10 layers
+    assert ranked[:3] == [0, 3, 5]
+    qwen = ranked_layers(vecs, arch_spec("qwen3"), 0.2)
+    assert 0 not in qwen, "block 0 has no llama.cpp route for families without a bias slot"
+
+
+def test_ranking_puts_unknown_r_last() -> None:
+    vecs = _vectors(6, {1: 0.5, 2: float("nan")})
+    vecs.diagnostics.pop(3)
+    ranked = ranked_layers(vecs, arch_spec("llama"), 0.2)
+    assert ranked[0] == 1 and set(ranked[-2:]) == {2, 3}
+
+
+def test_no_layer_left() -> None:
+    vecs = _vectors(2, {})
+    vecs.directions = {1: vecs.directions[1]}
+    with pytest.raises(InputError, match="no layer left"):
+        ranked_layers(vecs, arch_spec("llama"), 0.2)
+
+
+def test_layer_counts() -> None:
+    assert layer_counts(6, None) == [1, 2, 4, 6]
+    assert layer_counts(16, None) == [1, 2, 4, 8, 16]
+    assert layer_counts(5, (3, 9)) == [3, 5]
+
+
+def _t(primary: float, guard: float, kl: float, n: int, alpha: float, ok: bool = True) -> Trial:
+    return Trial(list(range(n)), alpha, primary, guard, kl, ok)
+
+
+def test_pick_best_remove_and_induce() -> None:
+    trials = [
+        _t(0.5, 1.0, 0.01, 1, -0.1),
+        _t(0.0, 0.9, 0.05, 2, -0.2),
+        _t(0.0, 0.9, 0.03, 4, -0.1),
+        _t(0.0, 0.2, 0.01, 1, -0.5, ok=False),
+    ]
+    best = pick_best(trials, "remove")
+    assert best is trials[2], "lowest refusal, then lowest KL among feasible trials"
+    induce = [
+        _t(0.6, 0.0, 0.2, 1, 0.1),
+        _t(0.9, 0.05, 0.3, 2, 0.2),
+        _t(1.0, 0.5, 0.1, 1, 0.4, ok=False),
+    ]
+    assert pick_best(induce, "induce") is induce[1]
+    assert pick_best([trials[3]], "remove") is None
+
+
+def test_cache_resumes_and_tolerates_a_cut_line(tmp_path: Path) -> None:
+    path = tmp_path / "cache.jsonl"
+    cache = _Cache(path, {"model": "m"})
+    trial = _t(0.25, 1.0, 0.01, 2, -0.1)
+    cache.put(trial)
+    with open(path, "a") as f:
+        f.write('{"key": "abc", "trial": {"lay')  # interrupted mid-write
+    again = _Cache(path, {"model": "m"})
+    assert again.get([0, 1], -0.1) == trial
+    assert again.get([0, 1], -0.2) is None
+    assert _Cache(path, {"model": "other"}).get([0, 1], -0.1) is None
+    nan_trial = _t(math.nan, math.nan, 0.5, 1, -0.7, ok=False)
+    again.put(nan_trial)
+    assert math.isnan(_Cache(path, {"model": "m"}).get([0], -0.7).primary)  # type: ignore[union-attr]
