@@ -237,7 +237,7 @@ def render_report(r: dict[str, Any]) -> str:
         )
     if "effect_max" in r:
         lines.append(f"  steering effect max |hooked - base| {r['effect_max']:.3g}")
-        if r["effect_negligible"]:
+        if r.get("effect_negligible"):
             lines.append("  warning: the plan barely changes the model; check alpha and layers")
     for check in r.get("checks", []):
         lines.append(

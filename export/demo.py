@@ -21,13 +21,15 @@ from bake.errors import InputError
 
 HELDOUT = ("heldout_sensitive", "heldout_harmful", "heldout_benign")
 TUNING = {"sensitive": "tune_sensitive", "harmful": "tune_harmful", "benign": "tune_benign"}
+BATCH = 32  # prompts per forward pass for the toy
 
 
 @dataclass
 class DemoConfig:
-    samples: int = 3  # answers per fitting prompt (temperature 1), for c(x)
+    samples: int = 5  # answers per fitting prompt (temperature 1), for c(x)
     max_new_tokens: int = 40
-    limit: int | None = None  # prompts per set (a shortened run), None = all
+    limit: int | None = None  # prompts per tuning/held-out set (a shortened run); None = all
+    fit_limit: int | None = None  # prompts of the fitting set; None = all
     alphas: tuple[float, ...] | None = None
     layer_counts: tuple[int, ...] | None = None
 
@@ -40,15 +42,17 @@ def _step(n: int, title: str) -> Iterator[None]:
     click.echo(f"      done in {time.perf_counter() - start:.1f} s")
 
 
-def _copy_sets(dest: Path, limit: int | None) -> dict[str, Path]:
-    """The toy's prompt sets copied into the run folder (first `limit` lines each)."""
+def _copy_sets(dest: Path, limit: int | None, fit_limit: int | None) -> dict[str, Path]:
+    """The toy's prompt sets copied into the run folder (the first lines of each, when a
+    shortened run asks for fewer)."""
     from bake.toy_refuser import PROMPT_SETS, prompt_set
 
     dest.mkdir(parents=True, exist_ok=True)
     out = {}
     for name in PROMPT_SETS:
         lines = prompt_set(name).read_text().splitlines(keepends=True)
-        (dest / f"{name}.jsonl").write_text("".join(lines[:limit] if limit else lines))
+        n = fit_limit if name == "fit" else limit
+        (dest / f"{name}.jsonl").write_text("".join(lines[:n] if n else lines))
         out[name] = dest / f"{name}.jsonl"
     return out
 
@@ -68,11 +72,16 @@ def run_demo(
     config: DemoConfig | None = None,
     echo: Callable[[str], None] = click.echo,
 ) -> dict[str, Any]:
+    import torch
+
     from bake.fileio import check_output_dir
     from bake.models import toy_model_dir
 
     cfg = config or DemoConfig()
     check_output_dir(output, overwrite=overwrite)
+    # The toy is tiny: every matmul is latency-bound, and a second intra-op thread only
+    # contends (measured on 2 cores: 1.1 s vs 5.2 s to sample 64 answers).
+    torch.set_num_threads(1)
     model = toy_model_dir()
     if not (model / "config.json").exists():
         raise InputError("the toy refuser is missing from the package; reinstall steerbake")
@@ -99,12 +108,13 @@ def _pipeline(model: Path, out: Path, cfg: DemoConfig) -> dict[str, Any]:
     from bake.tune import ALPHA_MAGNITUDES, TuneSettings, run_tune
     from bake.verify import run_verify
 
-    sets = _copy_sets(out / "prompts", cfg.limit)
+    sets = _copy_sets(out / "prompts", cfg.limit, cfg.fit_limit)
     judge = make_judge("pattern")
+    measurer = Measurer(judge, batch_size=BATCH)
     with _step(1, "answers: sampling the toy on the fitting prompts"):
         options = SamplingOptions(k=cfg.samples, max_new_tokens=cfg.max_new_tokens)
         run_generate(
-            TransformersBackend(str(model), dtype="float32"),
+            TransformersBackend(str(model), dtype="float32", batch_size=BATCH),
             sets["fit"],
             out / "answers.jsonl",
             options=options,
@@ -130,6 +140,7 @@ def _pipeline(model: Path, out: Path, cfg: DemoConfig) -> dict[str, Any]:
             {k: sets[v] for k, v in TUNING.items()},
             out / "plan.json",
             settings=settings,
+            measurer=measurer,
             report_dir=out / "tuning",
         )
     with _step(6, "bake: bias terms into a new checkpoint"):
@@ -137,32 +148,24 @@ def _pipeline(model: Path, out: Path, cfg: DemoConfig) -> dict[str, Any]:
     with _step(7, "verify: baked == hooked"):
         report = run_verify(model, out / "plan.json", out / "baked")
         (out / "verify_report.json").write_text(json.dumps(report, indent=2) + "\n")
-    with _step(8, "export"):
-        exported = _export(model, out)
-    with _step(9, "evaluate the baked model on the held-out sets"):
+    with _step(8, "evaluate the baked model on the held-out sets"):
         evaluation = run_evaluate(
-            model, [sets[n] for n in HELDOUT], baked=out / "baked", measurer=Measurer(judge)
+            model, [sets[n] for n in HELDOUT], baked=out / "baked", measurer=measurer
         )
         (out / "evaluation.json").write_text(json.dumps(evaluation, indent=2) + "\n")
+    with _step(9, "export: safetensors + GGUF builds with cards, checked in llama.cpp"):
+        exported = _export(model, out, sets["heldout_sensitive"])
     best = tuned.best
     assert best is not None
+    keys = ("passed", "max_abs_diff", "mean_abs_diff", "tolerance", "greedy_identical", "prompts")
     return {
         "model": str(model),
         "judge": judge.model_id,
         "judge_accuracy": _judge_accuracy(judge),
         "evaluation": evaluation,
         "plan": {"layers": best.layers, "alpha": best.alpha},
-        "verify": {
-            k: report[k]
-            for k in (
-                "passed",
-                "max_abs_diff",
-                "mean_abs_diff",
-                "tolerance",
-                "greedy_identical",
-                "prompts",
-            )
-        },
+        "verify": {k: report[k] for k in keys},
+        "llama_cpp_sample": exported.pop("sample"),
         "artifacts": {
             "answers": "answers.jsonl",
             "scores": "scores.jsonl",
@@ -178,9 +181,27 @@ def _pipeline(model: Path, out: Path, cfg: DemoConfig) -> dict[str, Any]:
     }
 
 
-def _export(model: Path, out: Path) -> dict[str, str]:
-    """Placeholder until the export command lands: the baked folder is the build."""
-    return {}
+def _export(model: Path, out: Path, sensitive: Path) -> dict[str, Any]:
+    """export_model into out/export, then one held-out sensitive prompt answered by the
+    exported GGUF in llama.cpp (greedy)."""
+    from bake.prompts import load_prompts
+    from export.build import ExportOptions, export_model
+    from export.llama_runtime import LlamaRuntime
+
+    opts = ExportOptions(
+        name="toy-refuser-steered",
+        tuning_report=out / "tuning" / "tuning_report.json",
+        eval_report=out / "evaluation.json",
+        progress=False,
+    )
+    result = export_model(model, out / "plan.json", out / "export", opts)
+    gguf = next((out / "export").glob("*-GGUF/*.gguf"))
+    prompt = load_prompts(sensitive)[0].text
+    with LlamaRuntime(gguf) as runtime:
+        messages = [{"role": "user", "content": prompt}]
+        answer = "".join(runtime.stream_chat(messages, max_tokens=48, temperature=0.0))
+    folders = {Path(f).name: f"export/{Path(f).name}/" for f in result.folders}
+    return {**folders, "sample": {"gguf": gguf.name, "prompt": prompt, "answer": answer}}
 
 
 def render_summary(s: dict[str, Any]) -> str:
@@ -203,8 +224,12 @@ def render_summary(s: dict[str, Any]) -> str:
         f"verify: {'PASS' if v['passed'] else 'FAIL'}, max |delta logit| "
         f"{v['max_abs_diff']:.2g} (tolerance {v['tolerance']:.2g}), greedy "
         f"{v['greedy_identical']}/{v['prompts']} identical",
-        "artifacts:",
     ]
-    lines += [f"  {k:<18} {p}" for k, p in s["artifacts"].items()]
+    sample = s["llama_cpp_sample"]
+    lines.append(f"llama.cpp ({sample['gguf']}), held-out sensitive prompt:")
+    lines.append(f"  Q: {sample['prompt']}")
+    lines.append(f"  A: {sample['answer'].strip()}")
+    lines.append("artifacts:")
+    lines += [f"  {k:<24} {p}" for k, p in s["artifacts"].items()]
     lines.append(f"total {s['seconds']:.0f} s")
     return "\n".join(lines)

@@ -16,6 +16,9 @@ from tests.tiny_models import build_model
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Tiny models are latency-bound: one intra-op thread is several times faster on 2 cores
+# (also for the CLI subprocesses, which inherit it).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def _build(factory: pytest.TempPathFactory, name: str, **kw: object) -> Path:
