@@ -47,12 +47,15 @@ class TuneSettings:
     drop_deepest: float = 0.2  # share of the deepest layers never steered
     layer_counts: tuple[int, ...] | None = None  # default 1, 2, 4, 8, ... and all
     alphas: tuple[float, ...] = ALPHA_MAGNITUDES  # magnitudes; the goal gives the sign
+    refine: int = 3  # bisection steps where a guard broke between two grid points
 
     def check(self) -> None:
         if self.goal not in ("remove", "induce"):
             raise InputError(f"--goal must be remove or induce, not {self.goal!r}")
         if not self.alphas or any(not (math.isfinite(a) and a > 0) for a in self.alphas):
             raise InputError("--alphas must be positive magnitudes, e.g. 0.05,0.1,0.2")
+        if self.refine < 0:
+            raise InputError(f"--refine must be >= 0, got {self.refine}")
 
 
 @dataclass
@@ -224,6 +227,8 @@ def run_search(
     cache: _Cache,
     progress: bool = True,
 ) -> TuneResult:
+    """For each layer count: alpha grows over the grid until done(), then the step where a
+    guard broke is bisected `settings.refine` times, where the best trade-off usually is."""
     from tqdm.auto import tqdm
 
     settings.check()
@@ -232,21 +237,35 @@ def run_search(
     result = TuneResult(settings, ranked, search.baseline)
     sign = -1.0 if settings.goal == "remove" else 1.0
     counts = layer_counts(len(ranked), settings.layer_counts)
-    bar = tqdm(
-        total=len(counts) * len(settings.alphas), desc="tune", unit="config", disable=not progress
-    )
+    bar = tqdm(desc="tune", unit="config", disable=not progress)
+
+    def measured(layers: list[int], magnitude: float) -> Trial:
+        alpha = round(sign * magnitude, 6)
+        trial = cache.get(layers, alpha)
+        if trial is None:
+            trial = search.trial(layers, alpha)
+            cache.put(trial)
+        result.trials.append(trial)
+        bar.update(1)
+        return trial
+
     for n in counts:
         layers = sorted(ranked[:n])
+        ok = 0.0  # largest magnitude that kept the guards
         for magnitude in sorted(settings.alphas):
-            alpha = sign * magnitude
-            trial = cache.get(layers, alpha)
-            if trial is None:
-                trial = search.trial(layers, alpha)
-                cache.put(trial)
-            result.trials.append(trial)
-            bar.update(1)
+            trial = measured(layers, magnitude)
             if search.done(trial):
                 break
+            ok = magnitude
+        else:
+            continue  # the whole grid kept the guards: nothing to bisect
+        lo, hi = ok, magnitude
+        for _ in range(settings.refine if not trial.feasible and lo > 0 else 0):
+            mid = (lo + hi) / 2
+            if measured(layers, mid).feasible:
+                lo = mid
+            else:
+                hi = mid
     bar.close()
     result.best = pick_best(result.trials, settings.goal)
     return result

@@ -9,6 +9,7 @@ reference's top-2 margin is below the tolerance, is reported but does not fail).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,10 +94,12 @@ def _greedy(model: Any, x: Any, n: int, pad_id: int | None) -> tuple[list[int], 
     return out.sequences[0, x.shape[1] :].tolist(), [s[0].float().cpu() for s in out.scores]
 
 
-def _compare_greedy(pid: str, ref: tuple[list[int], list[Any]], got: list[int]) -> dict[str, Any]:
-    """Where the baked continuation leaves the reference, and the reference's top-2 margin
-    there (build_report decides whether that is a near-tie)."""
-    ref_ids, ref_scores = ref
+def greedy_record(
+    pid: str, ref_ids: list[int], ref_steps: Sequence[Any], got: list[int]
+) -> dict[str, Any]:
+    """Where `got` leaves the reference continuation, and the reference's top-2 logit
+    margin there (build_report decides whether that is a near-tie). ref_steps[t]: the
+    reference's logits (vocab,) at step t, numpy or torch."""
     if ref_ids == got:
         return {"id": pid, "identical": True}
     j = next(
@@ -104,9 +107,9 @@ def _compare_greedy(pid: str, ref: tuple[list[int], list[Any]], got: list[int]) 
         min(len(ref_ids), len(got)),
     )
     margin = None
-    if j < len(ref_scores):
-        top2 = ref_scores[j].topk(2).values
-        margin = float(top2[0] - top2[1])
+    if j < len(ref_steps):
+        top2 = np.sort(np.asarray(ref_steps[j], dtype=np.float64))[-2:]
+        margin = float(top2[1] - top2[0])
     return {"id": pid, "identical": False, "diverged_at": j, "top2_margin": margin}
 
 
@@ -175,7 +178,7 @@ def run_verify(
         baked_model = _load(baked, dtype, device)
     got = _logits(baked_model, ids)
     greedy = [
-        _compare_greedy(pid, r, _greedy(baked_model, x, max_new_tokens, pad)[0])
+        greedy_record(pid, *r, _greedy(baked_model, x, max_new_tokens, pad)[0])
         for (pid, _), r, x in zip(texts, ref, ids, strict=True)
     ]
     return build_report(compare(base, hooked, got), greedy, plan, src, baked, kind, dtype, device)

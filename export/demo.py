@@ -22,6 +22,7 @@ from bake.errors import InputError
 HELDOUT = ("heldout_sensitive", "heldout_harmful", "heldout_benign")
 TUNING = {"sensitive": "tune_sensitive", "harmful": "tune_harmful", "benign": "tune_benign"}
 BATCH = 32  # prompts per forward pass for the toy
+LAMBDA = 10.0  # WRMD ridge, relative to trace(Sigma)/d
 
 
 @dataclass
@@ -128,7 +129,9 @@ def _pipeline(model: Path, out: Path, cfg: DemoConfig) -> dict[str, Any]:
             out / "activations",
             out / "scores.jsonl",
             out / "vectors.safetensors",
-            FitOptions(method="wrmd"),
+            # ~130 scored prompts for d = 256: the compliant covariance is rank-deficient,
+            # so the ridge is set well above the library default (0.1 * trace/d)
+            FitOptions(method="wrmd", lam=LAMBDA),
         )
     with _step(5, "tune: layers and alpha on the tuning sets"):
         settings = TuneSettings(

@@ -34,6 +34,7 @@ import numpy as np
 
 from bake.errors import InputError, PlanMismatchError
 from bake.plan import Plan, format_layers
+from bake.verify import greedy_record
 from export.gguf_writer import OUT_TYPES
 
 REL_TOLERANCE = 5e-5
@@ -139,23 +140,6 @@ def compare_lossy(
 def _logsumexp(x: np.ndarray) -> np.ndarray:
     m = x.max(axis=-1, keepdims=True)
     return m + np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
-
-
-def greedy_record(
-    pid: str, ref_ids: list[int], ref_steps: list[np.ndarray], got: list[int]
-) -> dict[str, Any]:
-    """Where `got` leaves the reference continuation, and the reference's top-2 margin."""
-    if ref_ids == got:
-        return {"id": pid, "identical": True}
-    j = next(
-        (i for i, (a, b) in enumerate(zip(ref_ids, got, strict=False)) if a != b),
-        min(len(ref_ids), len(got)),
-    )
-    margin = None
-    if j < len(ref_steps):
-        top2 = np.sort(ref_steps[j])[-2:]
-        margin = float(top2[1] - top2[0])
-    return {"id": pid, "identical": False, "diverged_at": j, "top2_margin": margin}
 
 
 # --------------------------------------------------------------------------- runs

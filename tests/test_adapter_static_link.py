@@ -13,7 +13,7 @@ from bake.fold import bake_model
 from bake.verify import run_verify
 from bake.verify_static import verify_static
 from tests.conftest import tree_digest
-from tests.test_bake import assert_close, make_plan_for
+from tests.test_bake import assert_close, bake_checked, make_plan_for
 
 
 @pytest.mark.parametrize("fixture", ["qwen3_dir", "mistral_dir"])
@@ -75,9 +75,7 @@ def test_static_verify_catches_one_flipped_byte(
     llama_tied_bf16_sharded_dir: Path, tmp_path: Path
 ) -> None:
     src = llama_tied_bf16_sharded_dir
-    plan = make_plan_for(src, tmp_path / "plan", [1])
-    out = tmp_path / "baked"
-    bake_model(src, plan, out)
+    plan, out = bake_checked(src, tmp_path, [1])
     shard = out / "model-00003-of-00007.safetensors"
     data = bytearray(shard.read_bytes())
     data[-7] ^= 0x01  # one bit of one weight

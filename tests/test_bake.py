@@ -33,6 +33,18 @@ def make_plan_for(
     return folder / "plan.json"
 
 
+def bake_checked(
+    src: Path, tmp_path: Path, layers: list[int], *, alpha: float = -0.3, **bake_kw: object
+) -> tuple[Path, Path]:
+    """make_plan_for + bake_model into tmp_path/baked, asserting the source is unchanged."""
+    before = tree_digest(src)
+    plan = make_plan_for(src, tmp_path / "plan", layers, alpha=alpha)
+    out = tmp_path / "baked"
+    bake_model(src, plan, out, **bake_kw)  # type: ignore[arg-type]
+    assert tree_digest(src) == before, "the source folder changed during the bake"
+    return plan, out
+
+
 def assert_close(report: dict, what: str) -> None:
     assert report["passed"], (
         f"{what}: baked != hooked: max |dlogit| {report['max_abs_diff']:.3g}, mean "
@@ -64,8 +76,7 @@ def test_baked_loads_without_missing_or_unexpected_keys(llama_dir: Path, tmp_pat
     import torch
     from transformers import AutoModelForCausalLM
 
-    plan = make_plan_for(llama_dir, tmp_path / "plan", [1])
-    bake_model(llama_dir, plan, tmp_path / "baked")
+    plan, _ = bake_checked(llama_dir, tmp_path, [1])
     model, info = AutoModelForCausalLM.from_pretrained(tmp_path / "baked", output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"], info
     vectors = Plan.load(plan).steering_vectors()
@@ -79,8 +90,7 @@ def test_bf16_bake_stores_checkpoint_dtype(
     llama_tied_bf16_sharded_dir: Path, tmp_path: Path
 ) -> None:
     src = llama_tied_bf16_sharded_dir
-    plan = make_plan_for(src, tmp_path / "plan", [2])
-    bake_model(src, plan, tmp_path / "baked")
+    bake_checked(src, tmp_path, [2])
     ckpt = open_checkpoint(tmp_path / "baked")
     bias = ckpt.tensors["model.layers.2.mlp.down_proj.bias"]
     assert bias.dtype == "BF16" and bias.shard == BIAS_SHARD
@@ -92,9 +102,7 @@ def test_unchanged_shards_are_byte_identical_and_sums_check(
     llama_tied_bf16_sharded_dir: Path, tmp_path: Path
 ) -> None:
     src = llama_tied_bf16_sharded_dir
-    plan = make_plan_for(src, tmp_path / "plan", [1])
-    out = tmp_path / "baked"
-    bake_model(src, plan, out)
+    _, out = bake_checked(src, tmp_path, [1])
     for shard in open_checkpoint(src).shards:
         assert (out / shard).read_bytes() == (src / shard).read_bytes(), shard
         assert not (out / shard).is_symlink()
@@ -127,9 +135,7 @@ def test_verify_catches_a_wrong_bias(llama_dir: Path, tmp_path: Path) -> None:
 
 def test_verify_rejects_bias_dropped_by_transformers(llama_dir: Path, tmp_path: Path) -> None:
     """FACTS.md: with mlp_bias false transformers silently drops biases; we must notice."""
-    plan = make_plan_for(llama_dir, tmp_path / "plan", [1])
-    out = tmp_path / "baked"
-    bake_model(llama_dir, plan, out)
+    plan, out = bake_checked(llama_dir, tmp_path, [1])
     cfg = json.loads((out / "config.json").read_text())
     cfg["mlp_bias"] = False
     (out / "config.json").write_text(json.dumps(cfg))
@@ -154,9 +160,7 @@ def test_interrupted_bake_leaves_nothing(
 
 
 def test_overwrite_replaces_only_after_success(llama_dir: Path, tmp_path: Path) -> None:
-    plan = make_plan_for(llama_dir, tmp_path / "plan", [1])
-    out = tmp_path / "baked"
-    bake_model(llama_dir, plan, out)
+    plan, out = bake_checked(llama_dir, tmp_path, [1])
     with pytest.raises(OutputError, match="--overwrite"):
         bake_model(llama_dir, plan, out)
     bake_model(llama_dir, plan, out, overwrite=True)

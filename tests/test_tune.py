@@ -86,3 +86,53 @@ def test_cache_resumes_and_tolerates_a_cut_line(tmp_path: Path) -> None:
     nan_trial = _t(math.nan, math.nan, 0.5, 1, -0.7, ok=False)
     again.put(nan_trial)
     assert math.isnan(_Cache(path, {"model": "m"}).get([0], -0.7).primary)  # type: ignore[union-attr]
+
+
+class _FakeSearch:
+    """Sensitive refusal falls linearly with |alpha|; the harmful guard breaks at 0.33."""
+
+    def __init__(self, *args: object) -> None:
+        self.baseline = {"sensitive": 1.0, "harmful": 1.0, "benign": 0.0}
+        self.calls: list[float] = []
+
+    def trial(self, layers: list[int], alpha: float) -> Trial:
+        self.calls.append(alpha)
+        ok = abs(alpha) < 0.33
+        return Trial(
+            layers,
+            alpha,
+            max(0.0, 1 - 2 * abs(alpha)),
+            1.0 if ok else 0.5,
+            0.0,
+            ok,
+            "" if ok else "harmful refusal dropped",
+        )
+
+    def done(self, t: Trial) -> bool:
+        return not t.feasible or t.primary == 0.0
+
+
+def test_search_bisects_where_the_guard_broke(monkeypatch: pytest.MonkeyPatch) -> None:
+    import bake.tune
+    from bake.tune import TuneSettings, run_search
+
+    monkeypatch.setattr(bake.tune, "_Search", _FakeSearch)
+    settings = TuneSettings(layer_counts=(1,), alphas=(0.1, 0.2, 0.3, 0.4), refine=4)
+    vecs = _vectors(6, {1: 0.9})
+    result = run_search(
+        None,
+        None,
+        {},
+        vecs,
+        arch_spec("llama"),
+        None,
+        None,
+        settings,  # type: ignore[arg-type]
+        _Cache(None, {}),
+        progress=False,
+    )
+    alphas = [t.alpha for t in result.trials]
+    assert alphas[:4] == [-0.1, -0.2, -0.3, -0.4], alphas
+    assert len(alphas) == 8, "four bisection steps between 0.3 and 0.4"
+    assert result.best is not None
+    assert 0.3 < abs(result.best.alpha) < 0.33, result.best
