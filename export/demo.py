@@ -207,6 +207,11 @@ def _export(model: Path, out: Path, sensitive: Path) -> dict[str, Any]:
     return {**folders, "sample": {"gguf": gguf.name, "prompt": prompt, "answer": answer}}
 
 
+def _short(text: str, width: int = 96) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
 def render_summary(s: dict[str, Any]) -> str:
     ev = s["evaluation"]
     rows = [f"{'held-out set':<22}{'n':>4}{'refusal before':>16}{'refusal after':>15}"]
@@ -228,6 +233,14 @@ def render_summary(s: dict[str, Any]) -> str:
         f"{v['max_abs_diff']:.2g} (tolerance {v['tolerance']:.2g}), greedy "
         f"{v['greedy_identical']}/{v['prompts']} identical",
     ]
+    lines.append("sample answers (greedy, transformers), before -> after:")
+    for name, r in ev["sets"].items():
+        x = r["samples"][0]
+        lines += [
+            f"  [{name}] {x['prompt']}",
+            f"    before: {_short(x['before'])}",
+            f"    after:  {_short(x['after'])}",
+        ]
     sample = s["llama_cpp_sample"]
     lines.append(f"llama.cpp ({sample['gguf']}), held-out sensitive prompt:")
     lines.append(f"  Q: {sample['prompt']}")
