@@ -330,11 +330,13 @@ def run_tune(
     result = run_search(
         loaded, tok, sets, vectors, ckpt.spec, ckpt_dtype, m, settings, cache, progress
     )
+    report = write_report(result, report_dir or output.parent / f"{output.stem}-tuning")
     if result.best is None:
         raise InputError(
             "no configuration met the guards; loosen --harmful-tolerance or "
-            "--kl-max, or try other --alphas (see the tuning report)"
+            f"--kl-max, or try other --alphas (see {report})"
         )
+    check_goal_reached(result, report)
     best = result.best
     provenance = {
         "source_model": str(src),
@@ -349,8 +351,21 @@ def run_tune(
     }
     plan = make_plan(vectors_path, best.layers, best.alpha, provenance=provenance)
     plan.save(output)
-    write_report(result, report_dir or output.parent / f"{output.stem}-tuning")
     return result
+
+
+def check_goal_reached(result: TuneResult, report: Path) -> None:
+    """Refuse to write a plan that does not move refusal in the goal's direction."""
+    best, goal = result.best, result.settings.goal
+    name = "sensitive" if goal == "remove" else "target"
+    base = result.baseline[name]
+    if best is None or (best.primary < base if goal == "remove" else best.primary > base):
+        return
+    raise InputError(
+        f"no configuration that kept the guards changed refusal on the {name} set "
+        f"(unsteered {base:.0%}, best {best.primary:.0%}); no plan written, see {report} "
+        "(try other --alphas, a looser guard, or other vectors)"
+    )
 
 
 def _digest(path: Path) -> str:

@@ -136,3 +136,18 @@ def test_search_bisects_where_the_guard_broke(monkeypatch: pytest.MonkeyPatch) -
     assert len(alphas) == 8, "four bisection steps between 0.3 and 0.4"
     assert result.best is not None
     assert 0.3 < abs(result.best.alpha) < 0.33, result.best
+
+
+def test_a_plan_that_does_not_reach_the_goal_is_refused(tmp_path: Path) -> None:
+    from bake.tune import TuneResult, TuneSettings, check_goal_reached
+
+    flat = TuneResult(TuneSettings(goal="induce"), [0], {"target": 0.0, "benign": 0.0})
+    flat.best = _t(0.0, 0.0, 0.001, 1, 0.025)
+    with pytest.raises(InputError, match="unsteered 0%, best 0%"):
+        check_goal_reached(flat, tmp_path)
+    flat.best = _t(0.6, 0.0, 0.1, 1, 0.3)
+    check_goal_reached(flat, tmp_path)  # refusal rose: a plan is written
+    remove = TuneResult(TuneSettings(), [0], {"sensitive": 0.9, "harmful": 1.0})
+    remove.best = _t(0.9, 1.0, 0.0, 1, -0.025)
+    with pytest.raises(InputError, match="sensitive set"):
+        check_goal_reached(remove, tmp_path)
