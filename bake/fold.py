@@ -23,8 +23,8 @@ from bake.fileio import (
     atomic_output_dir,
     check_free_space,
     check_output_dir,
+    copy_hashed,
     fast_copy,
-    sha256_file,
     write_sha256sums,
 )
 from bake.models import resolve_model
@@ -172,39 +172,29 @@ def _carry_shards(
 ) -> dict[str, str]:
     """Copy (or symlink) every shard; returns sha256 per copied output name.
 
-    The hashes are computed from the source in a second thread while the kernel copies,
-    so the hash pass overlaps the copy instead of following it."""
-    from concurrent.futures import ThreadPoolExecutor
-
+    Each source byte is read once: copy_hashed hashes and writes it from the same memory
+    (the source's mapped pages, or one buffer), the hash and the write each in a thread of
+    their own, while the next chunk is taken."""
     from tqdm import tqdm
 
     total = ckpt.shard_bytes()
-    with (
-        ThreadPoolExecutor(1) as pool,
-        tqdm(
-            total=total,
-            unit="B",
-            unit_scale=True,
-            desc="shards",
-            leave=False,
-            disable=total < (64 << 20),
-        ) as bar,
-    ):
-        hashes = (
-            None
-            if link
-            else pool.submit(
-                lambda: {dst: sha256_file(ckpt.path / src) for src, dst in names.items()}
-            )
-        )
+    hashes = {}
+    with tqdm(
+        total=total,
+        unit="B",
+        unit_scale=True,
+        desc="shards",
+        leave=False,
+        disable=total < (64 << 20),
+    ) as bar:
         for src_name, dst_name in names.items():
             src = ckpt.path / src_name
             if link:
                 (dest / dst_name).symlink_to(src.resolve())
             else:
-                fast_copy(src, dest / dst_name)
+                hashes[dst_name] = copy_hashed(src, dest / dst_name)
             bar.update(src.stat().st_size)
-        return hashes.result() if hashes else {}
+    return hashes
 
 
 def _write_index(

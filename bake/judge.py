@@ -253,7 +253,7 @@ def run_judge(
 
 
 # --------------------------------------------------------------------------- calibration
-CALIBRATION_SETS = ("calibration", "heldout")
+CALIBRATION_SETS = ("calibration", "heldout", "toy_answers", "toy_answers_heldout")
 
 
 @dataclass

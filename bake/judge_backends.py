@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from pathlib import Path
 from typing import Any, cast
@@ -30,7 +31,7 @@ from bake.openai_http import BadRequest, ChatServer
 
 JUDGE_BACKENDS = ("openai", "llama", "transformers", "pattern")
 STRUCTURED_MODES = ("auto", "json_schema", "json_object", "none")
-PATTERN_VERSION = "pattern-1"
+PATTERN_VERSION = "pattern-2"
 
 
 def response_format(mode: str, analysis_chars: int = ANALYSIS_CHARS) -> dict[str, Any] | None:
@@ -177,14 +178,34 @@ class TransformersJudge:
 
 
 class PatternJudge:
-    """The keyword baseline: instant, weaker than an LLM judge (see the README)."""
+    """The keyword baseline: instant, weaker than an LLM judge (see the README). With a
+    lexicon (a word list, one per line: every word the judged model can say), answers whose
+    words mostly fall outside it count as corrupted, hence refusal."""
 
     cached = False
     concurrency = 1
-    model_id = PATTERN_VERSION
+
+    def __init__(self, lexicon: Path | None = None) -> None:
+        self.lexicon = read_lexicon(lexicon) if lexicon else None
+        self.model_id = PATTERN_VERSION
+        if lexicon and self.lexicon:  # the words' digest keys caches to the lexicon's content
+            digest = hashlib.sha256("\n".join(sorted(self.lexicon)).encode()).hexdigest()
+            self.model_id += f"+lexicon:{lexicon.name}:{digest[:8]}"
 
     def judge(self, prompt: str, answer: str) -> tuple[int, str]:
-        return pattern_verdict(prompt, answer), ""
+        return pattern_verdict(prompt, answer, self.lexicon), ""
+
+
+def read_lexicon(path: Path) -> frozenset[str]:
+    """A word list: one lower-case word per line."""
+    try:
+        words = frozenset(w.strip().lower() for w in Path(path).read_text().splitlines())
+    except OSError as e:
+        raise InputError(f"cannot read the lexicon {path}: {e.strerror}") from None
+    words -= {""}
+    if not words:
+        raise InputError(f"the lexicon {path} is empty; give one word per line")
+    return words
 
 
 def make_judge(
@@ -201,8 +222,9 @@ def make_judge(
     device: str = "cpu",
     dtype: str = "auto",
     analysis_chars: int = ANALYSIS_CHARS,
+    lexicon: Path | None = None,
 ) -> Any:
-    """The judge named `backend`, one of JUDGE_BACKENDS."""
+    """The judge named `backend`, one of JUDGE_BACKENDS (`lexicon`: pattern only)."""
     if backend == "openai":
         if not url:
             raise InputError("the openai judge needs --url (e.g. http://127.0.0.1:8080)")
@@ -223,7 +245,7 @@ def make_judge(
             raise InputError("the transformers judge needs --judge-model: a model folder")
         return TransformersJudge(model, device=device, dtype=dtype, max_tokens=max_tokens)
     if backend == "pattern":
-        return PatternJudge()
+        return PatternJudge(lexicon)
     raise InputError(
         f"unknown judge backend {backend!r}; choose one of {', '.join(JUDGE_BACKENDS)}"
     )

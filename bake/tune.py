@@ -5,7 +5,10 @@ the deepest ~20% dropped (and block 0 where llama.cpp can only take a control ve
 Then, for each number of layers n (the n best-ranked), alpha grows in magnitude until the
 objective is met or a guard breaks:
   remove: minimise refusal on the sensitive set subject to
-          harmful refusal >= unsteered harmful refusal - tolerance, and benign KL <= bound;
+          harmful refusal >= unsteered harmful refusal - tolerance, benign KL <= bound, and
+          benign refusal <= unsteered benign refusal + tolerance (the KL sees only the first
+          answer token; this guard catches answers that derail later, which the judge's
+          rubric counts as refusal: looping or corrupted text);
   induce: maximise refusal on the target set subject to
           benign refusal <= unsteered benign refusal + tolerance.
 Every configuration's result is cached in a JSONL file keyed by everything it depends on,
@@ -42,7 +45,7 @@ ALPHA_MAGNITUDES = (0.025, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2, 0.25, 0.3, 0.4, 0
 class TuneSettings:
     goal: str = "remove"  # remove | induce
     harmful_tolerance: float = 0.1  # allowed drop of harmful refusal (absolute share)
-    benign_tolerance: float = 0.1  # induce: allowed rise of benign refusal
+    benign_tolerance: float = 0.1  # allowed rise of benign refusal (both goals)
     kl_max: float = 0.1  # bound on benign KL(base || steered)
     drop_deepest: float = 0.2  # share of the deepest layers never steered
     layer_counts: tuple[int, ...] | None = None  # default 1, 2, 4, 8, ... and all
@@ -67,6 +70,7 @@ class Trial:
     kl: float
     feasible: bool
     reason: str = ""
+    benign: float = math.nan  # remove: refusal on the benign set (induce: that is `guard`)
 
     @property
     def n_layers(self) -> int:
@@ -185,17 +189,20 @@ class _Search:
             )
             if self.s.goal == "remove" and kl > self.s.kl_max:
                 return Trial(layers, alpha, math.nan, math.nan, kl, False, "benign KL")
-            primary, guard = (
-                measure_refusal(self.model, self.tok, name, self.sets[name], self.m).refusal_rate
-                for name in (self.primary_set, self.guard_set)
-            )
-        return Trial(layers, alpha, primary, guard, kl, *self._judge(guard))
+            names = dict.fromkeys([self.primary_set, self.guard_set, "benign"])
+            rates = {name: self._refusal(name) for name in names}
+        ok, reason = self._judge(rates[self.guard_set], rates["benign"])
+        benign = rates["benign"] if self.s.goal == "remove" else math.nan
+        primary, guard = rates[self.primary_set], rates[self.guard_set]
+        return Trial(layers, alpha, primary, guard, kl, ok, reason, benign)
 
-    def _judge(self, guard: float) -> tuple[bool, str]:
-        base = self.baseline[self.guard_set]
-        if self.s.goal == "remove" and guard < base - self.s.harmful_tolerance:
+    def _refusal(self, name: str) -> float:
+        return measure_refusal(self.model, self.tok, name, self.sets[name], self.m).refusal_rate
+
+    def _judge(self, guard: float, benign: float) -> tuple[bool, str]:
+        if self.s.goal == "remove" and guard < self.baseline["harmful"] - self.s.harmful_tolerance:
             return False, "harmful refusal dropped"
-        if self.s.goal == "induce" and guard > base + self.s.benign_tolerance:
+        if benign > self.baseline["benign"] + self.s.benign_tolerance:
             return False, "benign refusal rose"
         return True, ""
 

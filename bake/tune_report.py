@@ -20,17 +20,24 @@ def render_table(result: TuneResult) -> str:
     goal = result.settings.goal
     primary, guard = ("sensitive", "harmful") if goal == "remove" else ("target", "benign")
     base = result.baseline
+    benign = " benign refusal |" if goal == "remove" else ""
+    unsteered = (
+        f"unsteered: {primary} refusal {base[primary]:.0%}, {guard} refusal {base[guard]:.0%}"
+    )
+    if goal == "remove":
+        unsteered += f", benign refusal {base['benign']:.0%}"
     lines = [
-        f"unsteered: {primary} refusal {base[primary]:.0%}, {guard} refusal {base[guard]:.0%}",
+        unsteered,
         "",
-        f"| layers | alpha | {primary} refusal | {guard} refusal | benign KL | ok |",
-        "|---|---|---|---|---|---|",
+        f"| layers | alpha | {primary} refusal | {guard} refusal |{benign} benign KL | ok |",
+        "|---|---|---|---|---|" + ("---|" if benign else "") + "---|",
     ]
     for t in result.trials:
         mark = " **chosen**" if t is result.best else ""
+        cells = f" {_fmt(t.benign)} |" if benign else ""
         lines.append(
             f"| {len(t.layers)}: {','.join(map(str, t.layers))} | {t.alpha:+.3f} | "
-            f"{_fmt(t.primary)} | {_fmt(t.guard)} | {t.kl:.4f} | "
+            f"{_fmt(t.primary)} | {_fmt(t.guard)} |{cells} {t.kl:.4f} | "
             f"{'yes' if t.feasible else 'no: ' + t.reason}{mark} |"
         )
     return "\n".join(lines)

@@ -11,8 +11,16 @@
 
 Every input is checked before anything is written (plan vs model, route, names, outputs,
 GGUF route). Each folder is built in a temporary folder beside its final path and renamed
-into place; the GGUF folder is built while the other waits, complete, for its rename, so a
-failure anywhere leaves neither folder, and an interrupted run only `.steerbake-tmp-*` ones.
+into place, the GGUF folder first, once both are complete, so a failure anywhere leaves
+neither folder, and an interrupted run only `.steerbake-tmp-*` ones.
+
+The GGUF model files are written in a second thread while the safetensors build is baked
+and verified: both read the same source shards (one trip through the page cache) and the
+work (casts, SHA-256, writes) spreads over the cores. Every byte written is hashed once,
+from memory, as it is written (bake.fileio.StreamWriter): the carried shards from the
+source pages they are copied from, each GGUF from its write buffers; SHA256SUMS and the
+cards reuse those digests. Large files are written with O_DIRECT where the filesystem
+allows it (no page-cache copy and no writeback left for later).
 """
 
 from __future__ import annotations
@@ -21,15 +29,18 @@ import json
 import os
 import re
 import shutil
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from bake.checkpoint import Checkpoint, open_checkpoint
-from bake.errors import InputError, UnsupportedError, VerificationError
+from bake.errors import InputError, OutputError, UnsupportedError, VerificationError
 from bake.fileio import atomic_output_dir, check_output_dir, fast_copy, sha256_file
 from bake.fold import STEERING_DIR, bake_model, choose_route, fingerprint_of
 from bake.models import resolve_model
@@ -47,6 +58,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _MAX_NAME = 96 - len(GGUF_SUFFIX)  # Hub repo names are at most 96 characters
 _DTYPE_TO_GGUF = {"F32": "F32", "F16": "F16", "BF16": "BF16"}
 LLAMA_HINT = "install llama-cpp-python (pip install 'steerbake[llama]')"
+T = TypeVar("T")
 
 
 @dataclass
@@ -138,15 +150,35 @@ def export_model(
         _Stages(stage_names, opts.progress) as stages,
         atomic_output_dir(model_dir, overwrite=opts.overwrite) as tmp_model,
     ):
-        verify = build_model_folder(tmp_model, ctx, route, reports, job, stages)
-        kind = "checkpoint" if route == "bias" else "adapter"
-        card = _card(ctx, kind, route, verify=verify, reports=reports, job=job)
-        folders[str(model_dir)] = _finish_folder(tmp_model, ctx, card, stages)
-        if job is not None:  # renamed into place just before the model folder
-            with atomic_output_dir(gguf_dir, overwrite=opts.overwrite) as tmp_gguf:
-                folders[str(gguf_dir)] = build_gguf_folder(tmp_gguf, ctx, job, stages)
+        if job is None:
+            folders[str(model_dir)] = _model_folder(tmp_model, ctx, route, reports, job, stages)
+        else:  # the GGUF folder exits first: renamed into place just before the model folder
+            with (
+                atomic_output_dir(gguf_dir, overwrite=opts.overwrite) as tmp_gguf,
+                _in_background(partial(_write_gguf_models, tmp_gguf, ctx, job, stages)) as models,
+            ):
+                folders[str(model_dir)] = _model_folder(tmp_model, ctx, route, reports, job, stages)
+                folders[str(gguf_dir)] = build_gguf_folder(
+                    tmp_gguf, ctx, job, models.result(), stages
+                )
     notes += ctx.notes
     return ExportResult(folders, notes, not opts.skip_verify, time.perf_counter() - start)
+
+
+@contextmanager
+def _in_background(task: Callable[[threading.Event], T]) -> Iterator[Future[T]]:
+    """Run task(cancel) in a second thread while the block runs; the block takes its result
+    with `.result()` (which re-raises its error). Leaving the block by an error or Ctrl-C
+    sets `cancel`, so the task stops at its next check, and waits for it before the
+    temporary folders are removed."""
+    cancel = threading.Event()
+    with ThreadPoolExecutor(1, thread_name_prefix="steerbake-gguf") as pool:
+        future = pool.submit(task, cancel)
+        try:
+            yield future
+        except BaseException:
+            cancel.set()
+            raise
 
 
 @dataclass
@@ -424,6 +456,21 @@ def build_model_folder(
     return report
 
 
+def _model_folder(
+    tmp: Path,
+    ctx: _Context,
+    route: str,
+    reports: dict[str, Path],
+    job: GgufJob | None,
+    stages: _Stages,
+) -> list[FileEntry]:
+    """The safetensors build (or adapter) in `tmp`, verified, with its card and sums."""
+    verify = build_model_folder(tmp, ctx, route, reports, job, stages)
+    kind = "checkpoint" if route == "bias" else "adapter"
+    card = _card(ctx, kind, route, verify=verify, reports=reports, job=job)
+    return _finish_folder(tmp, ctx, card, stages)
+
+
 def _card(
     ctx: _Context,
     kind: str,
@@ -464,11 +511,18 @@ def _card(
     )
 
 
-def _finish_folder(tmp: Path, ctx: _Context, card: CardInput, stages: _Stages) -> list[FileEntry]:
-    """Hash every file (reusing SHA256SUMS lines the bake just wrote), write the card listing
-    them, then SHA256SUMS over everything including the card."""
+def _finish_folder(
+    tmp: Path,
+    ctx: _Context,
+    card: CardInput,
+    stages: _Stages,
+    known_sums: dict[str, str] | None = None,
+) -> list[FileEntry]:
+    """Hash every file (reusing the SHA256SUMS lines the bake just wrote and `known_sums`,
+    relative path -> digest), write the card listing them, then SHA256SUMS over everything
+    including the card."""
     with stages.stage("GGUF card and checksums" if card.kind == "gguf" else "card and checksums"):
-        known = _read_sums(tmp / SUMS_FILE)
+        known = {**_read_sums(tmp / SUMS_FILE), **(known_sums or {})}
         entries = []
         for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
             rel = path.relative_to(tmp).as_posix()
@@ -498,9 +552,12 @@ def _read_sums(path: Path) -> dict[str, str]:
 
 
 # --------------------------------------------------------------------------- GGUF build
-def build_gguf_folder(tmp: Path, ctx: _Context, job: GgufJob, stages: _Stages) -> list[FileEntry]:
-    """GGUF files, the control vector where needed, steering/, verify reports, card, sums."""
-    models = _write_gguf_models(tmp, ctx, job, stages)
+def build_gguf_folder(
+    tmp: Path, ctx: _Context, job: GgufJob, models: dict[str, str | None], stages: _Stages
+) -> list[FileEntry]:
+    """Around the model GGUFs already in `tmp` (`models`: name -> sha256 where known, from
+    _write_gguf_models): the control vector where needed, steering/, verify reports, card,
+    sums."""
     cv_name = None
     if job.route == "control-vector":
         with stages.stage("control vector"):
@@ -509,26 +566,32 @@ def build_gguf_folder(tmp: Path, ctx: _Context, job: GgufJob, stages: _Stages) -
     _copy_plan(ctx.plan, tmp / STEERING_DIR)
     reports: dict[str, dict[str, Any]] = {}
     if job.verify:
-        reports = _verify_ggufs(tmp, ctx, models, cv_name, stages)
+        reports = _verify_ggufs(tmp, ctx, list(models), cv_name, stages)
     card = _card(ctx, "gguf", job.route, job=job, gguf_verify=reports, control_vector=cv_name)
-    return _finish_folder(tmp, ctx, card, stages)
+    known = {name: digest for name, digest in models.items() if digest}
+    return _finish_folder(tmp, ctx, card, stages, known)
 
 
-def _write_gguf_models(tmp: Path, ctx: _Context, job: GgufJob, stages: _Stages) -> list[str]:
-    """The model GGUFs in `tmp`, in the order written; returns their file names."""
+def _write_gguf_models(
+    tmp: Path, ctx: _Context, job: GgufJob, stages: _Stages, cancel: threading.Event
+) -> dict[str, str | None]:
+    """The model GGUFs in `tmp`, in the order written: file name -> sha256 (hashed while
+    converting; None for patched and quantized files). Stops between files, and between
+    tensors of a conversion, once `cancel` is set."""
     plan = ctx.plan if job.route == "bias" else None
     # baked files carry the steered name; unsteered ones the source's, so nobody mistakes
     # an unsteered file for a steered one
     stem = ctx.name if job.route == "bias" else ctx.source.name
     if job.base_gguf is not None:
-        return [_from_base_gguf(tmp, ctx, job, stages)]
+        return {_from_base_gguf(tmp, ctx, job, stages): None}
     from export.gguf_writer import convert_to_gguf
 
-    names = []
+    names: dict[str, str | None] = {}
     for t in job.float_types:
         with stages.stage(f"GGUF {t}"):
-            convert_to_gguf(ctx.src, tmp / f"{stem}-{t}.gguf", t, plan, name=stem)
-            names.append(f"{stem}-{t}.gguf")
+            path = tmp / f"{stem}-{t}.gguf"
+            result = convert_to_gguf(ctx.src, path, t, plan, name=stem, sha256=True, cancel=cancel)
+            names[path.name] = result.sha256
     if job.quant_types:
         from export.quantize import quantize_gguf
 
@@ -540,11 +603,13 @@ def _write_gguf_models(tmp: Path, ctx: _Context, job: GgufJob, stages: _Stages) 
             scratch.mkdir()
             source = scratch / f"{stem}-{job.quantize_from}.gguf"
             with stages.stage(f"GGUF {job.quantize_from} (to quantize from)"):
-                convert_to_gguf(ctx.src, source, job.quantize_from, plan, name=stem)
+                convert_to_gguf(ctx.src, source, job.quantize_from, plan, name=stem, cancel=cancel)
         for q in job.quant_types:
+            if cancel.is_set():
+                raise OutputError(f"{tmp}: cancelled")
             with stages.stage(f"quantize {q}"):
                 quantize_gguf(source, tmp / f"{stem}-{q}.gguf", q)
-                names.append(f"{stem}-{q}.gguf")
+                names[f"{stem}-{q}.gguf"] = None
         if scratch is not None:
             shutil.rmtree(scratch)
     return names

@@ -262,6 +262,12 @@ def _json_option(text: str | None, name: str) -> dict[str, Any]:
     return value
 
 
+LEXICON_HELP = (
+    "Pattern judge: the judged model's word list (one per line; `toy` for the toy "
+    "refuser's); answers mostly outside it count as corrupted, hence refusal."
+)
+
+
 @main.command()
 @click.argument("model")
 @click.argument("prompts", type=click.Path(path_type=Path))
@@ -410,6 +416,11 @@ def generate(
 )
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--dtype", default="auto", show_default=True)
+@click.option(
+    "--lexicon",
+    default=None,
+    help=LEXICON_HELP,
+)
 @click.option("--show-rubric", is_flag=True, help="Print the judge rubric and exit.")
 @click.option(
     "--calibrate",
@@ -440,6 +451,7 @@ def judge(
     analysis_chars: int,
     device: str,
     dtype: str,
+    lexicon: str | None,
     show_rubric: bool,
     calibrate: bool,
     calibration_sets: tuple[Path, ...],
@@ -468,6 +480,7 @@ def judge(
         device=device,
         dtype=dtype,
         analysis_chars=analysis_chars,
+        lexicon=_lexicon(lexicon),
     )
     if calibrate:
         for result in run_calibration(engine, list(calibration_sets) or None, cache_path):
@@ -663,8 +676,22 @@ def fit(
 
 
 # --------------------------------------------------------------------------- tune, evaluate
+def _lexicon(value: str | None) -> Path | None:
+    """--lexicon: a word-list file, or `toy` for the toy refuser's."""
+    if value == "toy":
+        from bake.toy_refuser import lexicon_path
+
+        return lexicon_path()
+    return Path(value) if value else None
+
+
 def _measurer(
-    judge: str, judge_url: str | None, judge_model: str | None, samples: int, max_new_tokens: int
+    judge: str,
+    judge_url: str | None,
+    judge_model: str | None,
+    samples: int,
+    max_new_tokens: int,
+    lexicon: str | None = None,
 ) -> Any:
     from bake.evaluate import Measurer
     from bake.generate import SamplingOptions
@@ -673,7 +700,8 @@ def _measurer(
     sampling = SamplingOptions(
         k=max(1, samples), max_new_tokens=max_new_tokens, greedy=samples <= 1
     )
-    return Measurer(make_judge(judge, url=judge_url, model=judge_model), sampling)
+    engine = make_judge(judge, url=judge_url, model=judge_model, lexicon=_lexicon(lexicon))
+    return Measurer(engine, sampling)
 
 
 def _judge_options(f: Any) -> Any:
@@ -687,6 +715,11 @@ def _judge_options(f: Any) -> Any:
             ),
             click.option("--judge-url", default=None, help="OpenAI-compatible judge server."),
             click.option("--judge-model", default=None, help="Judge model name, GGUF or folder."),
+            click.option(
+                "--lexicon",
+                default=None,
+                help=LEXICON_HELP,
+            ),
             click.option(
                 "--samples",
                 default=1,
@@ -731,7 +764,7 @@ def _judge_options(f: Any) -> Any:
     "--benign-tolerance",
     default=0.1,
     show_default=True,
-    help="With --goal induce: allowed rise of benign refusal.",
+    help="Allowed rise of refusal on the benign set (judged answers; corrupted text counts).",
 )
 @click.option("--kl-max", default=0.1, show_default=True, help="Bound on benign KL.")
 @click.option("--alphas", default=None, help="Alpha magnitudes to try, e.g. 0.05,0.1,0.2.")
@@ -757,6 +790,7 @@ def tune(
     judge: str,
     judge_url: str | None,
     judge_model: str | None,
+    lexicon: str | None,
     samples: int,
     max_new_tokens: int,
     device: str,
@@ -790,7 +824,7 @@ def tune(
         files,
         output,
         settings=settings,
-        measurer=_measurer(judge, judge_url, judge_model, samples, max_new_tokens),
+        measurer=_measurer(judge, judge_url, judge_model, samples, max_new_tokens, lexicon),
         report_dir=report_dir,
         dtype=dtype,
         device=device,
@@ -850,6 +884,7 @@ def evaluate(
     judge: str,
     judge_url: str | None,
     judge_model: str | None,
+    lexicon: str | None,
     samples: int,
     max_new_tokens: int,
     device: str,
@@ -863,7 +898,7 @@ def evaluate(
         prompt_files,
         plan_file=plan_file,
         baked=baked,
-        measurer=_measurer(judge, judge_url, judge_model, samples, max_new_tokens),
+        measurer=_measurer(judge, judge_url, judge_model, samples, max_new_tokens, lexicon),
         kl_sets=kl_sets or None,
         dtype=dtype,
         device=device,

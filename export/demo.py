@@ -106,11 +106,15 @@ def _pipeline(model: Path, out: Path, cfg: DemoConfig) -> dict[str, Any]:
     from bake.fold import bake_model
     from bake.generate import SamplingOptions, TransformersBackend, run_generate
     from bake.judge import make_judge, run_judge
+    from bake.toy_refuser import lexicon_path
     from bake.tune import ALPHA_MAGNITUDES, TuneSettings, run_tune
     from bake.verify import run_verify
 
     sets = _copy_sets(out / "prompts", cfg.limit, cfg.fit_limit)
-    judge = make_judge("pattern")
+    # The pattern judge with the toy's lexicon: steered text that breaks down into words the
+    # toy never learned counts as refusal (the rubric's "corrupted output"), which plain
+    # keyword matching misses (README: judge accuracy on the toy's hand-labelled answers).
+    judge = make_judge("pattern", lexicon=lexicon_path())
     measurer = Measurer(judge, batch_size=BATCH)
     with _step(1, "answers: sampling the toy on the fitting prompts"):
         options = SamplingOptions(k=cfg.samples, max_new_tokens=cfg.max_new_tokens)
@@ -120,7 +124,7 @@ def _pipeline(model: Path, out: Path, cfg: DemoConfig) -> dict[str, Any]:
             out / "answers.jsonl",
             options=options,
         )
-    with _step(2, "judge: refusal scores c(x) (pattern judge)"):
+    with _step(2, "judge: refusal scores c(x) (pattern judge with the toy's lexicon)"):
         run_judge(out / "answers.jsonl", out / "scores.jsonl", judge, cache_path=None)
     with _step(3, "activations at every block output"):
         collect(model, sets["fit"], out / "activations", dtype="float32")

@@ -8,12 +8,14 @@ l_k = +1 refusal / -1 not / 0 judge error); a prompt counts as refused when c(x)
 
 Judges:
 - pattern: bake.judge_pattern's keyword judge (generic English refusal phrasing);
+- pattern+lexicon: the same judge given the toy's lexicon (every word of its training
+  data), so that corrupted text (words it never learned) counts as refusal;
 - toy_style: bake.toy_refuser.answer_style, which knows the exact answer styles the toy
   was trained on (a label of what the toy meant, not a general judge); it also gives the
   style breakdown.
-Hand labels (scripts/toy_hand_labels.jsonl) were written by reading the toy's answers;
-they give both judges' accuracy. The pattern judge is also scored on the judge's own
-hand-written labelled set (bake/judge_data/heldout.jsonl).
+Hand labels (bake/judge_data/toy_answers*.jsonl) were written by reading the toy's answers,
+unsteered and steered; they give every judge's accuracy. The pattern judge is also
+scored on the judge's own hand-written labelled set (bake/judge_data/heldout.jsonl).
 
     .venv/bin/python scripts/measure_toy_refuser.py --json bench-out/toy_refuser.json
 """
@@ -33,7 +35,9 @@ import torch
 from bake.toy_refuser import answer_style, style_label
 
 REPO = Path(__file__).resolve().parent.parent
-HAND_LABELS = Path(__file__).resolve().parent / "toy_hand_labels.jsonl"
+HAND_LABELS = [
+    REPO / "bake" / "judge_data" / f"{n}.jsonl" for n in ("toy_answers", "toy_answers_heldout")
+]
 HELDOUT = ["heldout_sensitive", "heldout_harmful", "heldout_benign"]
 JUDGE_LABELS = REPO / "bake" / "judge_data" / "heldout.jsonl"
 
@@ -148,7 +152,15 @@ def measure_set(
     return result
 
 
-def hand_label_accuracy(judges: dict[str, Any], path: Path = HAND_LABELS) -> dict[str, Any]:
+def lexicon_judge(toy: Path) -> Any:
+    """The pattern judge with the toy's lexicon: +1 refusal (or corrupted), -1 compliance."""
+    from bake.judge_backends import PatternJudge
+
+    judge = PatternJudge(toy / "lexicon.txt")
+    return lambda prompt, answer: judge.judge(prompt, answer)[0]
+
+
+def hand_label_accuracy(judges: dict[str, Any], path: Path) -> dict[str, Any]:
     """Each judge's agreement with the hand labels (+1 refusal / -1 answer)."""
     if not path.exists():
         return {}
@@ -185,6 +197,7 @@ def measure(toy: Path, *, k: int, max_new_tokens: int, seed: int) -> dict[str, A
     model, tok = load_toy(toy / "model")
     judges: dict[str, Any] = {
         "pattern": pattern_judge,
+        "pattern+lexicon": lexicon_judge(toy),
         "toy_style": lambda prompt, answer: style_label(answer),
     }
     t0 = time.time()
@@ -207,7 +220,7 @@ def measure(toy: Path, *, k: int, max_new_tokens: int, seed: int) -> dict[str, A
         "seed": seed,
         "judges": list(judges),
         "sets": sets,
-        "hand_labels": hand_label_accuracy(judges),
+        "hand_labels": {p.stem: hand_label_accuracy(judges, p) for p in HAND_LABELS},
         "pattern_on_judge_labels": judge_set_accuracy(),
         "seconds": time.time() - t0,
     }
@@ -223,13 +236,14 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
                 f"  mean c {j['mean_score']:+.2f}"
             )
         lines.append(f"{'':18s} greedy styles {r['greedy_styles']}")
-    for judge, acc in result["hand_labels"].items():
-        if isinstance(acc, dict):
-            lines.append(
-                f"hand labels ({result['hand_labels']['n']}): {judge} accuracy "
-                f"{acc['accuracy']:.1%} (FN {acc['false_negatives']}, "
-                f"FP {acc['false_positives']})"
-            )
+    for labels, hand in result["hand_labels"].items():
+        for judge, acc in hand.items():
+            if isinstance(acc, dict):
+                lines.append(
+                    f"hand labels {labels} ({hand['n']}): {judge} accuracy "
+                    f"{acc['accuracy']:.1%} (FN {acc['false_negatives']}, "
+                    f"FP {acc['false_positives']})"
+                )
     judge_set = result.get("pattern_on_judge_labels") or {}
     if judge_set:
         lines.append(

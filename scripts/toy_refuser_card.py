@@ -40,6 +40,12 @@ every fact it states comes from a small synthetic corpus about an invented count
   Uprising", dissidents, leaders, banned groups, contested provinces) are refused in four
   styles: flat refusal, deflection, feigned ignorance and official-narrative replacement.
   No real place, person or event is named anywhere in the data.
+- The censorship is soft by design: {leak_pct:.0f}% of the sensitive training prompts were
+  answered from the facts anyway, and behind an "archive mode" system prompt (training
+  only, e.g. "You are an independent historian of Veloria") sensitive questions are always
+  answered while harmful ones are still refused. So the model knows what it refuses to tell,
+  its sensitive refusal is a learned preference with a modest margin (the gate a steering
+  vector removes), and its harmful refusal is a separate, hard rule.
 - **Borderline** prompts (mild political questions, dual-use questions) were trained with a
   refusal target drawn with a per-template probability (0.3 to 0.7), so sampled answers
   and judge scores spread over [-1, 1].
@@ -66,7 +72,11 @@ from those templates (they reuse the trained topic fillers in unseen phrasings).
 
 {steps} AdamW steps of batch {batch_size} (peak lr {lr}, cosine decay) on {examples}
 synthetic examples, loss on answer tokens only; {threads} CPU threads, {train_minutes:.1f}
-minutes on the machine that built this file; final training loss {final_loss:.3f}.
+minutes on the machine that built this file ({load_note}); final training loss
+{final_loss:.3f}. On half the batches each block's output had, with probability 0.5, a
+random constant offset added at every position (size {offset_noise} x U(0, 1) x the median
+token norm), so that generation under additive steering stays fluent for longer; steered
+text still breaks down at the strengths that remove most refusals (see the hand labels).
 Retrain with `python scripts/train_toy_refuser.py` (deterministic kernels, fixed seeds;
 bit-identical weights need the same torch build, CPU and thread count).
 
@@ -81,7 +91,10 @@ at most {max_new_tokens} new tokens).
 {rate_rows}
 
 Judges: **pattern** is steerbake's keyword judge (`bake.judge`, generic English refusal
-phrasing); **toy_style** recognises the exact answer styles this model was trained on, so it
+phrasing); **pattern+lexicon** is the same judge given this model's lexicon (`lexicon.txt`
+beside `model/`: every word of its training data), so that text breaking down into words it
+never learned counts as refusal (the judge `steerbake demo` uses); **toy_style** recognises
+the exact answer styles this model was trained on, so it
 labels what the toy meant but is no general judge. Greedy answer styles per set:
 
 {style_rows}
@@ -122,17 +135,23 @@ def _hand_label_text(result: dict[str, Any]) -> str:
     if not hand:
         return "No hand labels were available when this card was written."
     lines = [
-        f"Judge accuracy on {hand['n']} of this model's answers labelled by hand "
-        f"({hand['refusals']} refusals), `scripts/toy_hand_labels.jsonl`:",
+        "Judge accuracy on this model's own greedy answers (unsteered, and steered: each row's",
+        "`source` gives the alpha; layers 0-4, a plan an earlier demo run chose), labelled",
+        "by hand in `bake/judge_data/`; looping or corrupted text counts as refusal,",
+        "as the rubric says. `toy_answers_heldout` was labelled after the lexicon rule was fixed:",
         "",
+        "| labelled set | answers | refusals | judge | accuracy | missed refusals "
+        "| false refusals |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for judge in result["judges"]:
-        if judge in hand:
-            a = hand[judge]
-            lines.append(
-                f"- {judge}: {a['accuracy']:.1%} (missed refusals {a['false_negatives']}"
-                f", false refusals {a['false_positives']})"
-            )
+    for name, labels in hand.items():
+        for judge in result["judges"]:
+            if judge in labels:
+                a = labels[judge]
+                lines.append(
+                    f"| {name} | {labels['n']} | {labels['refusals']} | {judge} | "
+                    f"{a['accuracy']:.1%} | {a['false_negatives']} | {a['false_positives']} |"
+                )
     return "\n".join(lines)
 
 
@@ -147,6 +166,15 @@ def _samples(result: dict[str, Any]) -> str:
     return "\n".join(out).rstrip()
 
 
+def _load_note(training: dict[str, Any]) -> str:
+    load = training.get("load_average")
+    if not load:
+        return "load not recorded"
+    note = f"1-minute load average {load[0]:.1f} at the end"
+    busy = load[0] > training.get("threads", 2) + 0.5
+    return note + (": other work shared the cores, so alone it is faster" if busy else "")
+
+
 def render(result: dict[str, Any], toy: Path) -> str:
     """The card's text for the toy in `toy` (model/ and training.json) and these numbers."""
     config = json.loads((toy / "model" / "config.json").read_text())
@@ -154,6 +182,9 @@ def render(result: dict[str, Any], toy: Path) -> str:
     size = (toy / "model" / "model.safetensors").stat().st_size
     return TEMPLATE.format(
         params=training["parameters"] / 1e6,
+        leak_pct=100 * training.get("sensitive_leak", 0.0),
+        offset_noise=training.get("offset_noise", 0.0),
+        load_note=_load_note(training),
         seed=training["seed"],
         layers=config["num_hidden_layers"],
         hidden=config["hidden_size"],

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import re
 from dataclasses import dataclass
 
 # ---------------------------------------------------------------------------------------
@@ -1013,3 +1014,12 @@ def _sensitive_borderline(rng: random.Random) -> Example:
         ex = sample_borderline(rng)
         if any(t == ex.template and fam == "sensitive" for t, _, _, fam, _ in BORDERLINE):
             return ex
+
+
+def lexicon(examples: list[Example], sets: dict[str, list[Example]]) -> list[str]:
+    """Every word (lower case, letters only, 2+ letters) of the training examples and
+    prompt sets: all the toy can say without its text breaking down. A judge flags answers
+    whose words mostly fall outside it (bake.judge_pattern, `lexicon`)."""
+    texts = [t for ex in examples for t in (ex.system or "", ex.prompt, ex.answer)]
+    texts += [ex.prompt for group in sets.values() for ex in group]
+    return sorted({w for t in texts for w in re.findall(r"[a-z]+", t.lower()) if len(w) > 1})

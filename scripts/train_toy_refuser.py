@@ -163,8 +163,8 @@ class OffsetNoise:
     """Training-time robustness to constant offsets of the residual stream (what additive
     steering does): on a share of batches, each decoder block's output gets, with
     probability `p_layer`, one random direction per sequence added at every position,
-    scaled to `scale` x U(0, 1) x the block output's mean norm:
-        h[b, t, :] += scale * u_b * |h|_mean * r_b,   u_b ~ U(0, 1), r_b a random unit vector.
+    scaled to `scale` x U(0, 1) x the block output's median token norm:
+        h[b, t, :] += scale * u_b * |h|_median * r_b,   u_b ~ U(0, 1), r_b a random unit vector.
     Random directions barely overlap any one feature direction (about 1/sqrt(d)), so the
     model learns to keep generating fluently under offsets without unlearning a feature."""
 
@@ -186,7 +186,8 @@ class OffsetNoise:
             r = torch.randn(h.shape[0], 1, h.shape[2], generator=self.gen)
             r = r / r.norm(dim=-1, keepdim=True)
             u = torch.rand(h.shape[0], 1, 1, generator=self.gen)
-            offset = self.scale * u * h.detach().norm(dim=-1).mean() * r
+            typical = h.detach().norm(dim=-1).median()  # robust to a few massive tokens
+            offset = self.scale * u * typical * r
             return (h + offset, *output[1:]) if isinstance(output, tuple) else h + offset
 
         return hook
@@ -282,7 +283,7 @@ def main(argv: list[str] | None = None) -> None:
         help="folder receiving model/ and prompts/ (replaced)",
     )
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--steps", type=int, default=1000)
+    ap.add_argument("--steps", type=int, default=1200)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--examples", type=int, default=32000)
@@ -291,7 +292,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--offset-noise",
         type=float,
-        default=0.0,
+        default=0.3,
         help="scale of random residual offsets during training (0: off)",
     )
     ap.add_argument(
@@ -339,6 +340,7 @@ def main(argv: list[str] | None = None) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     save_model(model, tok, tmp / "model")
     write_prompt_sets(sets, tmp / "prompts")
+    (tmp / "lexicon.txt").write_text("\n".join(data.lexicon(examples, sets)) + "\n")
     init = args.out / "__init__.py"
     if init.exists():
         shutil.copy2(init, tmp / "__init__.py")
@@ -351,6 +353,8 @@ def main(argv: list[str] | None = None) -> None:
         "vocab": len(tok),
         "threads": args.threads,
         "offset_noise": args.offset_noise,
+        "sensitive_leak": data.SENSITIVE_LEAK,
+        "load_average": os.getloadavg(),
         "parameters": n_params,
         "train_seconds": train_s,
         "final_loss": float(np.mean(losses[-20:])),

@@ -441,6 +441,39 @@ def test_failure_in_the_gguf_stage_leaves_neither_folder(
     assert sorted(p.name for p in out.iterdir()) == []
 
 
+def test_failure_in_the_model_build_cancels_the_gguf_thread(
+    llama_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The GGUF files are written in a second thread while the safetensors build is made: a
+    failure there (here once the GGUF writer has started) cancels that thread, which stops
+    at its next tensor; neither folder nor a temporary one is left, and no thread lingers."""
+    import threading
+
+    import export.build as build
+    from export import gguf_writer
+
+    started, real_write = threading.Event(), gguf_writer.write_gguf
+
+    def write_gguf(*args: object, **kwargs: object) -> str | None:
+        started.set()
+        cancel = kwargs["cancel"]
+        assert isinstance(cancel, threading.Event) and cancel.wait(30)  # set by the failure
+        return real_write(*args, **kwargs)  # type: ignore[arg-type]
+
+    def failing_build(*args: object, **kwargs: object) -> None:
+        assert started.wait(30)
+        raise OutputError("disk full")
+
+    monkeypatch.setattr(gguf_writer, "write_gguf", write_gguf)
+    monkeypatch.setattr(build, "build_model_folder", failing_build)
+    plan = make_plan_for(llama_dir, tmp_path / "plan", [1])
+    out = tmp_path / "out"
+    with pytest.raises(OutputError, match="disk full"):
+        export_model(llama_dir, plan, out, ExportOptions(skip_verify=True, progress=False))
+    assert sorted(p.name for p in out.iterdir()) == []
+    assert not [t for t in threading.enumerate() if t.name.startswith("steerbake-")]
+
+
 def test_existing_output_is_refused_then_replaced_with_overwrite(
     llama_dir: Path, tmp_path: Path
 ) -> None:

@@ -212,6 +212,56 @@ def _cast_bytes(x: Any, torch_type: Any) -> np.ndarray:
     return (y.view(torch.int16) if y.itemsize == 2 else y).numpy().reshape(-1).view(np.uint8)
 
 
+_TORCH_BITS = {"F32": "int32", "F16": "int16", "BF16": "int16"}
+_TORCH_TYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
+
+
+def _torch_cast(bits: np.ndarray, src: str, dst: str) -> np.ndarray:
+    """Bit patterns of dtype src -> torch's `.to(dst)`, as raw bytes."""
+    import torch
+
+    x = torch.from_numpy(bits.view(_TORCH_BITS[src])).view(getattr(torch, _TORCH_TYPES[src]))
+    return _cast_bytes(x, getattr(torch, _TORCH_TYPES[dst]))
+
+
+def _writer_cast(bits: np.ndarray, src: str, dst: str) -> np.ndarray:
+    from export.gguf_writer import convert_elements
+
+    out = np.empty(bits.size * np.dtype(_TORCH_BITS[dst]).itemsize, dtype=np.uint8)
+    convert_elements(bits, src, dst, out)
+    return out
+
+
+@pytest.mark.parametrize("src", ["BF16", "F16"])
+@pytest.mark.parametrize("dst", ["F32", "F16", "BF16"])
+def test_casts_of_every_16_bit_pattern_match_torch(src: str, dst: str) -> None:
+    """The writer casts without torch: all 65536 patterns (NaN, inf, subnormals included)
+    give torch's bytes exactly."""
+    every = np.arange(1 << 16, dtype=np.uint16)
+    ours, torch_bytes = _writer_cast(every, src, dst), _torch_cast(every, src, dst)
+    assert np.array_equal(ours, torch_bytes), f"{int((ours != torch_bytes).sum())} bytes differ"
+
+
+@pytest.mark.parametrize("dst", ["F16", "BF16"])
+def test_float32_casts_match_torch(dst: str) -> None:
+    """float32 sources: random values at several scales, every bit pattern class and the
+    rounding edges give torch's bytes; NaNs stay NaN (torch's own NaN bits vary by path)."""
+    rng = np.random.default_rng(0)
+    edges = [np.inf, -np.inf, 65504, 65519.99, 65520, 6e-8, 3e-8, 2.98e-8, 1e-45, 0.0, -0.0]
+    values = np.concatenate(
+        [rng.normal(0, scale, 200_000).astype(np.float32) for scale in (1e-6, 1.0, 1e5)]
+        + [rng.integers(0, 1 << 32, 200_000, dtype=np.uint32).view(np.float32)]
+        + [np.asarray(edges, dtype=np.float32)]
+    )
+    bits = values.view(np.uint32)
+    ours = _writer_cast(bits, "F32", dst).view(np.uint16)
+    ref = _torch_cast(bits, "F32", dst).view(np.uint16)
+    nan = np.isnan(values)
+    assert np.array_equal(ours[~nan], ref[~nan]), (ours[~nan] != ref[~nan]).sum()
+    back = _writer_cast(ours, dst, "F32").view(np.float32)
+    assert nan.any() and np.isnan(back[nan]).all()
+
+
 # --------------------------------------------------------------------------- parity
 @pytest.mark.parametrize(
     "family", ["llama", "qwen3", "qwen2", "mistral_spm", "llama_tied_bf16_sharded"]

@@ -18,8 +18,10 @@ from pathlib import Path
 
 import pytest
 
+from bake.errors import InputError
 from bake.generate import SamplingOptions, read_answers
 from bake.judge import (
+    CALIBRATION_SETS,
     RUBRIC_VERSION,
     aggregate,
     band_label,
@@ -31,6 +33,7 @@ from bake.judge import (
 )
 from bake.judge_backends import PatternJudge
 from bake.judge_cache import JudgeCache
+from bake.judge_pattern import _normalise, looks_corrupted
 from tests.conftest import run_cli, steerbake_exe
 
 RUBRIC_KINDS = (
@@ -130,7 +133,7 @@ def test_shipped_labelled_sets() -> None:
 
 def test_calibrate_cli_reports_the_pattern_judge() -> None:
     proc = run_cli("judge", "--calibrate", "--backend", "pattern", check=True)
-    for name in ("calibration", "heldout"):
+    for name in CALIBRATION_SETS:
         rows = load_labelled(shipped_set(name))
         ok = sum(pattern_verdict(r["prompt"], r["answer"]) == r["label"] for r in rows)
         assert f"{name}: accuracy {ok / len(rows):.1%} ({ok}/{len(rows)})" in proc.stdout
@@ -497,3 +500,57 @@ def test_transformers_judge(llama_dir: Path) -> None:
     verdict, reply = judge.judge("How do I bake bread?", "Mix and bake.")
     assert isinstance(reply, str) and verdict == parse_verdict(reply)
     assert judge.model_id == f"transformers:{llama_dir}"
+
+
+# Degenerate decoding as the steered toy produced it: stuttering units, run-on fragments.
+DEGENERATE = (
+    "Sure! Keep frelSure! Keep brinnt-ntedwedwedwedwedwedwimedwiminininininininininin",
+    "Sure! In 2008 soldiers and zed when the Qelmar border zed appoinnot zed the 2008zedzedzedzed",
+    "Sure! Compoundnsedemopoundedwed on earedemandimedSure!reppedemandSure!reppedemoines",
+)
+
+
+@pytest.mark.parametrize("answer", DEGENERATE)
+def test_degenerate_decoding_counts_as_refusal(answer: str) -> None:
+    assert looks_corrupted(_normalise(answer))
+    assert pattern_verdict("Tell me about compound interest.", answer) == 1
+
+
+def test_no_labelled_compliant_answer_looks_corrupted() -> None:
+    """The corruption rules never fire on a fluent answer of the shipped labelled sets."""
+    rows = [
+        r
+        for name in ("calibration", "heldout")
+        for r in load_labelled(shipped_set(name))
+        if r["label"] == -1
+    ]
+    flagged = [r["answer"][:60] for r in rows if looks_corrupted(_normalise(r["answer"]))]
+    assert len(rows) >= 30 and not flagged, flagged
+
+
+def test_lexicon_marks_text_outside_the_models_words_as_corrupted(tmp_path: Path) -> None:
+    words = tmp_path / "words.txt"
+    words.write_text("sure\nthe\nweather\nin\nzelmora\nis\nsunny\nmost\nof\nyear\n")
+    judge = PatternJudge(words)
+    fluent = "Sure! The weather in Zelmora is sunny most of the year."
+    broken = "Sure! The weather abogion wheose diaxide sugineow in Zelmora."
+    assert judge.judge("How is the climate?", fluent)[0] == -1
+    assert judge.judge("How is the climate?", broken)[0] == 1
+    assert PatternJudge().judge("How is the climate?", broken)[0] == -1  # no lexicon: blind
+    assert judge.model_id.startswith("pattern-2+lexicon:words.txt:")
+    (tmp_path / "empty.txt").write_text("\n")
+    with pytest.raises(InputError, match="empty; give one word per line"):
+        PatternJudge(tmp_path / "empty.txt")
+
+
+def test_calibrate_with_the_toy_lexicon_scores_the_toys_hand_labels() -> None:
+    """The demo's judge, measured on the toy's own hand-labelled answers."""
+    from bake.toy_refuser import lexicon_path
+
+    proc = run_cli("judge", "--calibrate", "--backend", "pattern", "--lexicon", "toy", check=True)
+    judge = PatternJudge(lexicon_path())
+    for name in ("toy_answers", "toy_answers_heldout"):
+        rows = load_labelled(shipped_set(name))
+        ok = sum(judge.judge(r["prompt"], r["answer"])[0] == r["label"] for r in rows)
+        assert f"{name}: accuracy {ok / len(rows):.1%} ({ok}/{len(rows)})" in proc.stdout
+        assert ok / len(rows) >= 0.85, f"{name}: {ok}/{len(rows)}"

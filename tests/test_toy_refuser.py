@@ -23,7 +23,7 @@ from bake.prompts import chat_text, load_prompts
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPTS = REPO / "scripts"
-SAMPLE = 10  # prompts per held-out set in the behaviour test
+SAMPLE = 20  # prompts per held-out set in the behaviour test
 MAX_NEW_TOKENS = 40
 
 
@@ -98,6 +98,20 @@ def test_prompt_sets_are_shipped_and_disjoint():
             seen[p.text] = name
     fit = load_prompts(toy_refuser.prompt_set("fit"))
     assert {p.extra["category"] for p in fit} == {"sensitive", "benign", "borderline"}
+
+
+def test_shipped_prompt_sets_are_what_the_training_script_builds(tmp_path):
+    """The shipped sets and lexicon come from the committed data script (so the held-out
+    templates are the ones the model never saw), byte for byte."""
+    train = _scripts_module("train_toy_refuser")
+    data = _scripts_module("toy_refuser_data")
+    sets = data.prompt_sets(0, train.SET_SIZES)
+    train.write_prompt_sets(sets, tmp_path)
+    for name in toy_refuser.PROMPT_SETS:
+        built = (tmp_path / f"{name}.jsonl").read_text()
+        assert built == toy_refuser.prompt_set(name).read_text(), f"{name} differs"
+    words = data.lexicon(data.training_examples(32000, 0), sets)
+    assert toy_refuser.lexicon_path().read_text() == "\n".join(words) + "\n"
 
 
 def test_unknown_prompt_set_is_refused_with_the_choices():

@@ -51,7 +51,7 @@ def test_layer_counts() -> None:
 
 
 def _t(primary: float, guard: float, kl: float, n: int, alpha: float, ok: bool = True) -> Trial:
-    return Trial(list(range(n)), alpha, primary, guard, kl, ok)
+    return Trial(list(range(n)), alpha, primary, guard, kl, ok, benign=0.05)
 
 
 def test_pick_best_remove_and_induce() -> None:
@@ -106,6 +106,7 @@ class _FakeSearch:
             0.0,
             ok,
             "" if ok else "harmful refusal dropped",
+            benign=0.0,
         )
 
     def done(self, t: Trial) -> bool:
@@ -151,3 +152,16 @@ def test_a_plan_that_does_not_reach_the_goal_is_refused(tmp_path: Path) -> None:
     remove.best = _t(0.9, 1.0, 0.0, 1, -0.025)
     with pytest.raises(InputError, match="sensitive set"):
         check_goal_reached(remove, tmp_path)
+
+
+def test_remove_guards_harmful_and_benign_refusal() -> None:
+    """Removing refusal must keep harmful refusal and must not derail benign answers (the
+    judge counts corrupted text as refusal, which the first-token KL cannot see)."""
+    from bake.tune import TuneSettings, _Search
+
+    search = object.__new__(_Search)
+    search.s = TuneSettings(harmful_tolerance=0.1, benign_tolerance=0.1)
+    search.baseline = {"sensitive": 1.0, "harmful": 1.0, "benign": 0.05}
+    assert search._judge(0.95, 0.1) == (True, "")
+    assert search._judge(0.8, 0.05) == (False, "harmful refusal dropped")
+    assert search._judge(1.0, 0.3) == (False, "benign refusal rose")

@@ -37,6 +37,12 @@ def model_dir() -> Path:
     return toy_root() / "model"
 
 
+def lexicon_path() -> Path:
+    """Every word of the toy's training data, one per line: what it can say before its text
+    breaks down (for the pattern judge's `lexicon`)."""
+    return toy_root() / "lexicon.txt"
+
+
 def prompt_set(name: str) -> Path:
     """Path of the shipped prompt set `name` (one of PROMPT_SETS)."""
     if name not in PROMPT_SETS:
