@@ -116,3 +116,29 @@ def test_goal_induce_makes_the_toy_refuse_its_target_set(
     evaluation = run_evaluate(None, [target], baked=tmp_path / "baked", measurer=measurer)
     r = evaluation["sets"]["answered_borderline"]
     assert r["after"]["refusal_rate"] - r["before"]["refusal_rate"] >= 0.5, r
+
+
+def test_evaluate_cli_takes_the_toy_lexicon(
+    demo_run: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    """`evaluate --lexicon toy` judges with the demo's judge (the toy's word list)."""
+    from tests.conftest import run_cli
+
+    out = demo_run[0]
+    report = tmp_path / "evaluation.json"
+    run_cli(
+        "evaluate",
+        "toy-refuser",
+        "--plan",
+        str(out / "plan.json"),
+        "--prompts",
+        str(out / "prompts" / "heldout_benign.jsonl"),
+        "--lexicon",
+        "toy",
+        "--report",
+        str(report),
+        check=True,
+    )
+    result = json.loads(report.read_text())
+    assert "+lexicon:lexicon.txt:" in result["judge"], result["judge"]
+    assert result["sets"]["heldout_benign"]["before"]["n"] == QUICK.limit
