@@ -414,12 +414,7 @@ class _Stages:
 
 # --------------------------------------------------------------------------- safetensors build
 def build_model_folder(
-    tmp: Path,
-    ctx: _Context,
-    route: str,
-    reports: dict[str, Path],
-    job: GgufJob | None,
-    stages: _Stages,
+    tmp: Path, ctx: _Context, route: str, reports: dict[str, Path], stages: _Stages
 ) -> dict[str, Any] | None:
     """Bake into `tmp`, verify, copy the reports; returns the verify report (None if skipped)."""
     with stages.stage(f"bake ({route})"):
@@ -465,7 +460,7 @@ def _model_folder(
     stages: _Stages,
 ) -> list[FileEntry]:
     """The safetensors build (or adapter) in `tmp`, verified, with its card and sums."""
-    verify = build_model_folder(tmp, ctx, route, reports, job, stages)
+    verify = build_model_folder(tmp, ctx, route, reports, stages)
     kind = "checkpoint" if route == "bias" else "adapter"
     card = _card(ctx, kind, route, verify=verify, reports=reports, job=job)
     return _finish_folder(tmp, ctx, card, stages)
