@@ -179,9 +179,14 @@ def looks_corrupted(text: str, lexicon: frozenset[str] | None = None) -> bool:
     return top_gram >= max(4, (len(words) - 3) // 6) or top_word > 0.4 * len(words)
 
 
+def lexicon_words(text: str) -> list[str]:
+    """The words a lexicon holds and is checked against: lower case, letters only, 2+."""
+    return [w for w in _LETTERS_RE.findall(text.lower()) if len(w) > 1]
+
+
 def _outside_share(text: str, lexicon: frozenset[str]) -> float:
-    """Share of the words (letters only, 2+) not in `lexicon`; 0 for fewer than 4 words."""
-    words = [w for w in _LETTERS_RE.findall(text) if len(w) > 1]
+    """Share of the words (lexicon_words) not in `lexicon`; 0 for fewer than 4 words."""
+    words = lexicon_words(text)
     if len(words) < 4:
         return 0.0
     return sum(w not in lexicon for w in words) / len(words)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import random
-import re
 from dataclasses import dataclass
 
 # ---------------------------------------------------------------------------------------
@@ -1020,6 +1019,8 @@ def lexicon(examples: list[Example], sets: dict[str, list[Example]]) -> list[str
     """Every word (lower case, letters only, 2+ letters) of the training examples and
     prompt sets: all the toy can say without its text breaking down. A judge flags answers
     whose words mostly fall outside it (bake.judge_pattern, `lexicon`)."""
+    from bake.judge_pattern import lexicon_words  # the judge's own word split
+
     texts = [t for ex in examples for t in (ex.system or "", ex.prompt, ex.answer)]
     texts += [ex.prompt for group in sets.values() for ex in group]
-    return sorted({w for t in texts for w in re.findall(r"[a-z]+", t.lower()) if len(w) > 1})
+    return sorted({w for t in texts for w in lexicon_words(t)})
