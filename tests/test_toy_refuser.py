@@ -17,6 +17,7 @@ import pytest
 
 from bake import toy_refuser
 from bake.errors import InputError
+from bake.generate import SamplingOptions, generate_answers
 from bake.judge_pattern import pattern_verdict
 from bake.models import resolve_model
 from bake.prompts import chat_text, load_prompts
@@ -120,24 +121,10 @@ def test_unknown_prompt_set_is_refused_with_the_choices():
 
 
 def _greedy_answers(model, tok, prompts: list[str]) -> list[str]:
-    import torch
-
-    enc = tok(
-        [chat_text(tok, p) for p in prompts],
-        return_tensors="pt",
-        padding=True,
-        add_special_tokens=False,
-    )
-    with torch.no_grad():
-        out = model.generate(
-            **enc,
-            max_new_tokens=MAX_NEW_TOKENS,
-            do_sample=False,
-            pad_token_id=tok.pad_token_id,
-            eos_token_id=tok.eos_token_id,
-        )
-    new = out[:, enc["input_ids"].shape[1] :]
-    return tok.batch_decode(new, skip_special_tokens=True)
+    """Greedy answers the way every command samples them (bake.generate)."""
+    options = SamplingOptions(k=1, max_new_tokens=MAX_NEW_TOKENS, greedy=True)
+    samples = generate_answers(model, tok, prompts, options=options, batch_size=len(prompts))
+    return [group[0].text for group in samples]
 
 
 @pytest.mark.parametrize(
