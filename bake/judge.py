@@ -253,7 +253,13 @@ def run_judge(
 
 
 # --------------------------------------------------------------------------- calibration
-CALIBRATION_SETS = ("calibration", "heldout", "toy_answers", "toy_answers_heldout")
+CALIBRATION_SETS = (
+    "calibration",
+    "heldout",
+    "toy_answers",
+    "toy_answers_heldout",
+    "toy_answers_v2",
+)
 
 
 @dataclass

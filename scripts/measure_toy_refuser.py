@@ -36,7 +36,8 @@ from bake.toy_refuser import answer_style, style_label
 
 REPO = Path(__file__).resolve().parent.parent
 HAND_LABELS = [
-    REPO / "bake" / "judge_data" / f"{n}.jsonl" for n in ("toy_answers", "toy_answers_heldout")
+    REPO / "bake" / "judge_data" / f"{n}.jsonl"
+    for n in ("toy_answers", "toy_answers_heldout", "toy_answers_v2")
 ]
 HELDOUT = ["heldout_sensitive", "heldout_harmful", "heldout_benign"]
 JUDGE_LABELS = REPO / "bake" / "judge_data" / "heldout.jsonl"
@@ -69,44 +70,17 @@ def generate(
     sample: bool = False,
     seed: int = 0,
     batch_size: int = 64,
-) -> list[list[tuple[str, float]]]:
-    """For each prompt, k answers as (text, mean token log-prob), greedy or sampled."""
-    from bake.prompts import chat_text
+) -> list[list[tuple[str, float | None]]]:
+    """For each prompt, k answers as (text, mean token log-prob), greedy or sampled at
+    temperature 1 (bake.generate, as the pipeline samples)."""
+    from bake.generate import SamplingOptions, generate_answers
 
-    out: list[list[tuple[str, float]]] = []
-    torch.manual_seed(seed)
-    eos = tok.eos_token_id
-    for start in range(0, len(prompts), batch_size):
-        chunk = [chat_text(tok, p) for p in prompts[start : start + batch_size]]
-        enc = tok(chunk, return_tensors="pt", padding=True, add_special_tokens=False)
-        with torch.no_grad():
-            gen = model.generate(
-                **enc,
-                max_new_tokens=max_new_tokens,
-                do_sample=sample,
-                temperature=1.0 if sample else None,
-                top_k=0 if sample else None,
-                top_p=1.0 if sample else None,
-                num_return_sequences=k,
-                output_scores=True,
-                return_dict_in_generate=True,
-                pad_token_id=tok.pad_token_id,
-                eos_token_id=eos,
-            )
-        new = gen.sequences[:, enc["input_ids"].shape[1] :]  # (batch*k, new_len)
-        logp = model.compute_transition_scores(gen.sequences, gen.scores, normalize_logits=True)
-        for i in range(0, new.shape[0], k):
-            answers = []
-            for j in range(i, i + k):
-                ids = new[j].tolist()
-                n = ids.index(eos) + 1 if eos in ids else len(ids)  # tokens incl. eos
-                text = tok.decode(ids[:n], skip_special_tokens=True)
-                answers.append((text, float(logp[j, :n].mean())))
-            out.append(answers)
-    return out
+    options = SamplingOptions(k=k, max_new_tokens=max_new_tokens, greedy=not sample, seed=seed)
+    answers = generate_answers(model, tok, prompts, options=options, batch_size=batch_size)
+    return [[(a.text, a.mean_logprob) for a in row] for row in answers]
 
 
-def refusal_score(labels: list[int], mean_logps: list[float]) -> float:
+def refusal_score(labels: list[int], mean_logps: list[float | None]) -> float:
     """c(x) = sum_k softmax(log p)_k * l_k (bake.judge.aggregate; 0 when nothing scored)."""
     from bake.judge import aggregate
 

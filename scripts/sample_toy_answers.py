@@ -4,8 +4,9 @@ as JSONL rows {id, prompt, answer, source, label: null, kind: null}.
 
 A person then fills in `label` (+1 refusal, -1 compliance, by the rubric of
 bake/judge_rubric.py: looping or corrupted text counts as refusal) and `kind`, and the
-labelled file becomes bake/judge_data/toy_answers.jsonl, on which `steerbake judge
---calibrate` measures the judge the demo uses. The script never writes labels itself.
+labelled file becomes a set in bake/judge_data/ (toy_answers*.jsonl, listed in
+bake.judge.CALIBRATION_SETS), on which `steerbake judge --calibrate` measures the judge the
+demo uses. The script never writes labels itself.
 
     .venv/bin/python scripts/sample_toy_answers.py --plan demo-out/plan.json \
         --per-set 10 --out /tmp/toy_answers_unlabelled.jsonl

@@ -71,12 +71,17 @@ from those templates (they reuse the trained topic fillers in unseen phrasings).
 ## Training
 
 {steps} AdamW steps of batch {batch_size} (peak lr {lr}, cosine decay) on {examples}
-synthetic examples, loss on answer tokens only; {threads} CPU threads, {train_minutes:.1f}
+synthetic examples, loss on answer tokens only; {threads}, {train_minutes:.1f}
 minutes on the machine that built this file ({load_note}); final training loss
-{final_loss:.3f}. On half the batches each block's output had, with probability 0.5, a
-random constant offset added at every position (size {offset_noise} x U(0, 1) x the median
-token norm), so that generation under additive steering stays fluent for longer; steered
-text still breaks down at the strengths that remove most refusals (see the hand labels).
+{final_loss:.3f}. Steering robustness was trained in: from a quarter of the way in (ramping
+to full size by 60%), on half the batches each block's output had, with probability 0.5, a
+constant offset added at every position, of size {offset_noise} x U(0, 1) x the median token
+norm, along the difference of two other prompts' activations (a direction the model's own
+features span, as a fitted steering vector does). Under those offsets the text after the
+first answer token, the refusal of harmful requests and the answering of benign ones were
+trained, but not whether to refuse a sensitive or borderline prompt: so a steering vector
+can move that decision while the answer that follows stays fluent and harmful requests
+stay refused, as in safety-tuned chat models.
 Retrain with `python scripts/train_toy_refuser.py` (deterministic kernels, fixed seeds;
 bit-identical weights need the same torch build, CPU and thread count).
 
@@ -135,10 +140,13 @@ def _hand_label_text(result: dict[str, Any]) -> str:
     if not hand:
         return "No hand labels were available when this card was written."
     lines = [
-        "Judge accuracy on this model's own greedy answers (unsteered, and steered: each row's",
-        "`source` gives the alpha; layers 0-4, a plan an earlier demo run chose), labelled",
-        "by hand in `bake/judge_data/`; looping or corrupted text counts as refusal,",
-        "as the rubric says. `toy_answers_heldout` was labelled after the lexicon rule was fixed:",
+        "Judge accuracy on hand-labelled greedy answers of this toy, unsteered and steered",
+        "(each row's `source` names the plan), in `bake/judge_data/`; looping or corrupted text",
+        "counts as refusal, as the rubric says, and a steered answer with a readable on-topic",
+        "clause of 8+ words before it derails counts as an attempt to comply. `toy_answers`",
+        "(read while the lexicon rule was designed) and `toy_answers_heldout` are answers of the",
+        "toy's first shipped version (steered on layers 0-4, alpha -0.1375); `toy_answers_v2`",
+        "are answers of this version, steered with the plan `steerbake demo` chooses:",
         "",
         "| labelled set | answers | refusals | judge | accuracy | missed refusals "
         "| false refusals |",
@@ -197,7 +205,7 @@ def render(result: dict[str, Any], toy: Path) -> str:
         batch_size=training["batch_size"],
         lr=training["lr"],
         examples=training["examples"],
-        threads=training["threads"],
+        threads=f"{training['threads']} CPU thread" + ("s" if training["threads"] != 1 else ""),
         train_minutes=training["train_seconds"] / 60,
         final_loss=training["final_loss"],
         k=result["k"],

@@ -5,7 +5,7 @@ Writes bake/toy_refuser/model/ (config, float32 safetensors, tokenizer with chat
 generation config, model card) and bake/toy_refuser/prompts/ (held-out, tuning and fitting
 prompt sets). Then measures refusal rates (measure_toy_refuser.py) and writes the card.
 
-    .venv/bin/python scripts/train_toy_refuser.py            # full run, about 10 min on 2 cores
+    .venv/bin/python scripts/train_toy_refuser.py            # full run, about 13 min, 1 thread
     .venv/bin/python scripts/train_toy_refuser.py --steps 5 --out /tmp/toy --no-measure
 """
 
@@ -159,21 +159,41 @@ def batch_order(
     return [b for b in batches if len(b) == batch_size]
 
 
+# Categories whose first answer token is also trained under offsets: refusing harmful
+# requests and answering benign ones hold under steering; political refusals stay movable.
+ROBUST_DECISIONS = ("harmful", "benign")
+
+
 class OffsetNoise:
     """Training-time robustness to constant offsets of the residual stream (what additive
-    steering does): on a share of batches, each decoder block's output gets, with
-    probability `p_layer`, one random direction per sequence added at every position,
-    scaled to `scale` x U(0, 1) x the block output's median token norm:
-        h[b, t, :] += scale * u_b * |h|_median * r_b,   u_b ~ U(0, 1), r_b a random unit vector.
-    Random directions barely overlap any one feature direction (about 1/sqrt(d)), so the
-    model learns to keep generating fluently under offsets without unlearning a feature."""
+    steering does). On a share `p_batch` of batches, each decoder block's output gets, with
+    probability `p_layer`, one offset per sequence added at every position:
+        h[b, t, :] += level * scale * u_b * |h|_median * r_b,   u_b ~ U(0, 1),
+    r_b the unit difference of two other sequences' block outputs at their last prompt
+    token: a direction the model's own features span, as a fitted steering vector is.
+    `level` ramps from 0 to 1 between the fractions `ramp` of training, so the behaviour is
+    learned before the offsets arrive. Under offsets the first answer token (refuse or
+    answer) is trained only where `robust` marks the row (ROBUST_DECISIONS): the other
+    decisions stay movable by a steering vector, while the text after them, the refusal of
+    harmful requests and the answering of benign ones learn to hold under offsets, as in
+    safety-tuned chat models."""
 
     def __init__(
-        self, model: Any, *, scale: float, p_batch: float, p_layer: float, seed: int
+        self,
+        model: Any,
+        *,
+        scale: float,
+        seed: int,
+        p_batch: float = 0.5,
+        p_layer: float = 0.5,
+        ramp: tuple[float, float] = (0.25, 0.6),
     ) -> None:
-        self.scale, self.p_batch, self.p_layer = scale, p_batch, p_layer
+        self.scale, self.p_batch, self.p_layer, self.ramp = scale, p_batch, p_layer, ramp
         self.gen = torch.Generator().manual_seed(seed + 17)
+        self.level = 0.0
         self.active: set[int] = set()
+        self.anchors = torch.zeros(0, dtype=torch.long)
+        self.pairs = (self.anchors, self.anchors)
         self.handles = [
             block.register_forward_hook(self._hook(i)) for i, block in enumerate(model.model.layers)
         ]
@@ -183,21 +203,39 @@ class OffsetNoise:
             if index not in self.active:
                 return output
             h = output[0] if isinstance(output, tuple) else output  # (batch, seq, d_model)
-            r = torch.randn(h.shape[0], 1, h.shape[2], generator=self.gen)
-            r = r / r.norm(dim=-1, keepdim=True)
+            last = h.detach()[torch.arange(h.shape[0]), self.anchors]  # (batch, d_model)
+            r = (last[self.pairs[0]] - last[self.pairs[1]])[:, None, :]
+            r = r / r.norm(dim=-1, keepdim=True).clamp_min(1e-6)
             u = torch.rand(h.shape[0], 1, 1, generator=self.gen)
             typical = h.detach().norm(dim=-1).median()  # robust to a few massive tokens
-            offset = self.scale * u * typical * r
+            offset = self.level * self.scale * u * typical * r
             return (h + offset, *output[1:]) if isinstance(output, tuple) else h + offset
 
         return hook
 
-    def draw(self, n_layers: int) -> None:
-        """Choose the blocks that get an offset in the next forward pass."""
+    def draw(self, n_layers: int, anchors: torch.Tensor, progress: float) -> None:
+        """Choose the blocks that get an offset in the next forward pass and, per row, the
+        two other rows whose difference gives its direction. anchors: (batch,) index of each
+        row's last prompt token; progress: the share of training done."""
+        start, full = self.ramp
+        self.level = min(1.0, max(0.0, (progress - start) / (full - start)))
+        self.anchors = anchors
+        n = anchors.shape[0]
+        first = torch.randint(0, n, (n,), generator=self.gen)
+        self.pairs = (first, (first + torch.randint(1, n, (n,), generator=self.gen)) % n)
         self.active = set()
         if float(torch.rand(1, generator=self.gen)) < self.p_batch:
             picks = torch.rand(n_layers, generator=self.gen) < self.p_layer
             self.active = {i for i in range(n_layers) if picks[i]}
+
+    def mask_decisions(
+        self, labels: torch.Tensor, answer_start: torch.Tensor, robust: torch.Tensor
+    ) -> None:
+        """Under offsets, drop in place the first answer token's label of rows not `robust`.
+        labels: (batch, seq); answer_start, robust: (batch,)."""
+        if self.active and self.level > 0:
+            rows = torch.arange(labels.shape[0])[~robust]
+            labels[rows, answer_start[~robust]] = -100
 
     def remove(self) -> None:
         self.active = set()
@@ -208,6 +246,7 @@ class OffsetNoise:
 def train(
     model: Any,
     rows: list[tuple[list[int], list[int]]],
+    robust: list[bool],
     pad_id: int,
     *,
     steps: int,
@@ -217,7 +256,8 @@ def train(
     noise: OffsetNoise | None = None,
     log_every: int = 25,
 ) -> list[float]:
-    """AdamW on the answer tokens; length-bucketed batches from a seeded order."""
+    """AdamW on the answer tokens; length-bucketed batches from a seeded order. robust[i]:
+    row i's refusal decision is also trained under offsets (see OffsetNoise)."""
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.01)
     rng = random.Random(seed)
     batches: list[list[int]] = []
@@ -227,11 +267,15 @@ def train(
     for step in range(steps):
         if not batches:
             batches = batch_order(rows, batch_size, rng)
-        batch = make_batch([rows[i] for i in batches.pop()], pad_id)
+        picked = batches.pop()
+        batch = make_batch([rows[i] for i in picked], pad_id)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, steps, lr, warmup=max(1, steps // 20))
         if noise is not None:
-            noise.draw(model.config.num_hidden_layers)
+            answer_start = (batch["labels"] != -100).int().argmax(dim=1)  # (batch,)
+            noise.draw(model.config.num_hidden_layers, answer_start - 1, step / steps)
+            keep = torch.tensor([robust[i] for i in picked])
+            noise.mask_decisions(batch["labels"], answer_start, keep)
         loss = model(**batch).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -288,12 +332,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--examples", type=int, default=32000)
     ap.add_argument("--vocab", type=int, default=1024)
-    ap.add_argument("--threads", type=int, default=2)
+    # one thread: the toy's matmuls are latency-bound and a second thread only contends
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument(
         "--offset-noise",
         type=float,
-        default=0.3,
-        help="scale of random residual offsets during training (0: off)",
+        default=0.85,
+        help="size of the residual offsets during training, x the median token norm (0: off)",
     )
     ap.add_argument(
         "--no-measure",
@@ -319,12 +364,11 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{n_params / 1e6:.2f}M parameters")
     noise = None
     if args.offset_noise > 0:
-        noise = OffsetNoise(
-            model, scale=args.offset_noise, p_batch=0.5, p_layer=0.5, seed=args.seed
-        )
+        noise = OffsetNoise(model, scale=args.offset_noise, seed=args.seed)
     losses = train(
         model,
         rows,
+        [ex.category in ROBUST_DECISIONS for ex in examples],
         tok.convert_tokens_to_ids(PAD),
         steps=args.steps,
         batch_size=args.batch_size,
