@@ -32,12 +32,12 @@ from typing import Any
 
 import torch
 
+from bake.judge import CALIBRATION_SETS
 from bake.toy_refuser import answer_style, style_label
 
 REPO = Path(__file__).resolve().parent.parent
-HAND_LABELS = [
-    REPO / "bake" / "judge_data" / f"{n}.jsonl"
-    for n in ("toy_answers", "toy_answers_heldout", "toy_answers_v2")
+HAND_LABELS = [  # the toy's hand-labelled answers among the judge's calibration sets
+    REPO / "bake" / "judge_data" / f"{n}.jsonl" for n in CALIBRATION_SETS if n.startswith("toy_")
 ]
 HELDOUT = ["heldout_sensitive", "heldout_harmful", "heldout_benign"]
 JUDGE_LABELS = REPO / "bake" / "judge_data" / "heldout.jsonl"

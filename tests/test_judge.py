@@ -549,7 +549,9 @@ def test_calibrate_with_the_toy_lexicon_scores_the_toys_hand_labels() -> None:
 
     proc = run_cli("judge", "--calibrate", "--backend", "pattern", "--lexicon", "toy", check=True)
     judge = PatternJudge(lexicon_path())
-    for name in ("toy_answers", "toy_answers_heldout", "toy_answers_v2"):
+    toy_sets = [n for n in CALIBRATION_SETS if n.startswith("toy_")]
+    assert len(toy_sets) == 3, toy_sets
+    for name in toy_sets:
         rows = load_labelled(shipped_set(name))
         ok = sum(judge.judge(r["prompt"], r["answer"])[0] == r["label"] for r in rows)
         assert f"{name}: accuracy {ok / len(rows):.1%} ({ok}/{len(rows)})" in proc.stdout
