@@ -12,6 +12,7 @@ from typing import Any
 
 from bake.arch import ArchSpec, arch_spec
 from bake.errors import InputError
+from bake.fileio import plain_file_name
 
 SAFE_SINGLE = "model.safetensors"
 SAFE_INDEX = "model.safetensors.index.json"
@@ -139,7 +140,7 @@ def _weight_files(folder: Path) -> tuple[list[str], bool, dict[str, str]]:
         weight_map = _read_json(index).get("weight_map")
         if not isinstance(weight_map, dict) or not weight_map:
             raise InputError(f"{index} has no weight_map; re-download the model")
-        shards = list(dict.fromkeys(weight_map.values()))
+        shards = [plain_file_name(s, f"{index}") for s in dict.fromkeys(weight_map.values())]
         for shard in shards:
             if not (folder / shard).is_file():
                 raise InputError(

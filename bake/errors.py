@@ -1,4 +1,5 @@
-"""Typed errors. Every message says what went wrong and what to do about it.
+"""Typed errors, and the one place warnings are printed. Every message says what went
+wrong and what to do about it.
 
 The CLI turns a SteerbakeError into one line on stderr and exit status 2; anything
 else is a bug and keeps its traceback.
@@ -27,3 +28,10 @@ class OutputError(SteerbakeError):
 
 class VerificationError(SteerbakeError):
     """A baked artifact does not match the hook reference."""
+
+
+def warn(message: str) -> None:
+    """One line on stderr, `steerbake: warning: ...`; the run goes on."""
+    import sys
+
+    print(f"steerbake: warning: {message}", file=sys.stderr, flush=True)

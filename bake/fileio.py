@@ -19,7 +19,7 @@ from io import RawIOBase
 from pathlib import Path
 from typing import Any
 
-from bake.errors import OutputError
+from bake.errors import InputError, OutputError
 
 _CHUNK = 16 * 1024 * 1024
 TMP_PREFIX = ".steerbake-tmp-"
@@ -57,20 +57,74 @@ def atomic_write_path(dest: Path) -> Iterator[Path]:
             os.unlink(tmp)
 
 
+def plain_file_name(name: object, what: str) -> str:
+    """`name` if it is a bare file name (no folder part, no '..', not absolute), else an
+    InputError: names read from input files (a shard index, an activation index) must not
+    make us read or write outside the folder they describe."""
+    text = str(name) if isinstance(name, str) else ""
+    bad = (
+        not text
+        or text in (".", "..")
+        or "/" in text
+        or "\\" in text
+        or "\0" in text
+        or Path(text).is_absolute()
+    )
+    if bad:
+        raise InputError(
+            f"{what} names the file {name!r}, which is not a plain file name in its folder; "
+            "the index is corrupted or hostile: re-download the model"
+        )
+    return text
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether `path` is `folder` or lies below it: by resolved paths (symlinks followed)
+    and by identity of every existing ancestor (bind mounts, other names for one folder)."""
+    path_abs, folder_abs = path.resolve(), folder.resolve()
+    if path_abs == folder_abs or folder_abs in path_abs.parents:
+        return True
+    if not folder.exists():
+        return False
+    return any(p.exists() and os.path.samefile(p, folder) for p in (path, *path.parents))
+
+
 def check_output_dir(dest: Path, *, overwrite: bool, sources: tuple[Path, ...] = ()) -> None:
-    """Refuse an existing output (unless overwrite) and an output inside a source."""
-    dest_abs = dest.resolve()
+    """Refuse an existing output (unless overwrite), an output that is, lies inside or
+    contains a source, and one whose temporary build folder (created beside `dest`, see
+    atomic_output_dir) would land inside a source; symlinks are followed."""
+    dest = Path(dest)
     for src in sources:
-        src_abs = Path(src).resolve()
-        if dest_abs == src_abs or src_abs in dest_abs.parents:
+        src = Path(src)
+        if _inside(dest, src) or _inside(dest.parent, src):
             raise OutputError(
-                f"output {dest} is inside the source {src}; choose a folder "
-                "outside it (the source is never modified)"
+                f"output {dest} is or lies inside the source {src} (symlinks followed); "
+                "choose a folder outside it (the source is never modified)"
             )
-        if dest_abs in src_abs.parents:
+        if _inside(src, dest):
             raise OutputError(f"output {dest} contains the source {src}; choose another folder")
-    if dest.exists() and not overwrite:
+    if (dest.exists() or dest.is_symlink()) and not overwrite:
         raise OutputError(f"{dest} already exists; pass --overwrite to replace it")
+
+
+def check_output_file(out: Path, inputs: list[Path], *, overwrite: bool) -> None:
+    """Refuse a file output that is one of the inputs (also through a symlink or another
+    name for the same file), a folder, or exists without overwrite."""
+    out = Path(out)
+    for f in inputs:
+        f = Path(f)
+        if not f.exists():
+            continue
+        same = out.resolve() == f.resolve() or (out.exists() and os.path.samefile(out, f))
+        if same:
+            raise OutputError(
+                f"output {out} is the input {f}, one of the inputs; write to another path "
+                "(inputs are never modified)"
+            )
+    if out.is_dir():
+        raise OutputError(f"{out} is a folder; pass a file path inside it")
+    if (out.exists() or out.is_symlink()) and not overwrite:
+        raise OutputError(f"{out} already exists; pass --overwrite to replace it")
 
 
 def check_free_space(folder: Path, needed: int) -> None:

@@ -189,6 +189,8 @@ def _carry_shards(
     ) as bar:
         for src_name, dst_name in names.items():
             src = ckpt.path / src_name
+            if (dest / dst_name).parent != dest or src.parent != ckpt.path:
+                raise InputError(f"shard name {src_name!r} leaves its folder; refusing to copy")
             if link:
                 (dest / dst_name).symlink_to(src.resolve())
             else:

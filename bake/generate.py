@@ -569,6 +569,7 @@ def make_backend(
     timeout: float = 120.0,
     retries: int = 3,
     extra_body: dict[str, Any] | None = None,
+    api_key_env: str | None = None,
 ) -> Any:
     """The answer backend named `backend` ("transformers", "openai" or "llama")."""
     if backend == "transformers":
@@ -579,7 +580,9 @@ def make_backend(
         if not url:
             raise InputError("the openai backend needs --url (e.g. http://127.0.0.1:8080)")
         return OpenAIBackend(
-            ChatServer(url, model, timeout=timeout, retries=retries), concurrency, extra_body
+            ChatServer(url, model, timeout=timeout, retries=retries, api_key_env=api_key_env),
+            concurrency,
+            extra_body,
         )
     if backend == "llama":
         if not model:

@@ -223,12 +223,16 @@ def make_judge(
     dtype: str = "auto",
     analysis_chars: int = ANALYSIS_CHARS,
     lexicon: Path | None = None,
+    api_key_env: str | None = None,
 ) -> Any:
-    """The judge named `backend`, one of JUDGE_BACKENDS (`lexicon`: pattern only)."""
+    """The judge named `backend`, one of JUDGE_BACKENDS (`lexicon`: pattern only;
+    `api_key_env`: openai only, the variable holding the server's key)."""
     if backend == "openai":
         if not url:
             raise InputError("the openai judge needs --url (e.g. http://127.0.0.1:8080)")
-        server = ChatServer(url, model, timeout=timeout, retries=retries, backoff=backoff)
+        server = ChatServer(
+            url, model, timeout=timeout, retries=retries, backoff=backoff, api_key_env=api_key_env
+        )
         return OpenAIJudge(
             server,
             structured=structured,

@@ -6,6 +6,11 @@ and cannot send llama.cpp's `{"type": "json_object", "schema": ...}` (FACTS.md),
 retries do not distinguish "server down" from "bad request". Plain HTTP sends exactly the
 body we build, for every server.
 
+The bearer key comes from OPENAI_API_KEY, or from an environment variable the user names
+(`--api-key-env NAME`), never from HF_TOKEN: a Hub token must never reach a judge server.
+Only http(s) URLs are accepted, and a key about to travel over plain http to a host that is
+not loopback is warned about.
+
 Timeouts on every request; retries with exponential backoff on connection errors, timeouts,
 429 and 5xx; a 4xx other than 429 is returned at once (it will not get better by retrying).
 """
@@ -16,11 +21,15 @@ import json
 import os
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from bake.errors import InputError
+from bake.errors import InputError, warn
+
+DEFAULT_KEY_ENV = "OPENAI_API_KEY"
+_LOOPBACK = ("localhost", "127.0.0.1", "::1")
 
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 
@@ -36,6 +45,37 @@ class BadRequest(InputError):
         super().__init__(message)
         self.status = status
         self.body = body
+
+
+def check_server_url(url: str) -> urllib.parse.ParseResult:
+    """Only http:// and https:// URLs with a host name (no file:, ftp:, ...)."""
+    parsed = urllib.parse.urlparse(url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise InputError(
+            f"server URL {url!r} must start with http:// or https:// and name a host, "
+            "e.g. http://127.0.0.1:8080"
+        )
+    return parsed
+
+
+def api_key_from_env(variable: str | None) -> str | None:
+    """The bearer key: from the variable the user named, else OPENAI_API_KEY. Never from
+    HF_TOKEN (the Hub token must not reach a judge server)."""
+    if variable is None:
+        return os.environ.get(DEFAULT_KEY_ENV) or None
+    if not variable or variable == "HF_TOKEN":
+        raise InputError(
+            f"--api-key-env {variable!r}: name the variable that holds the server's key "
+            "(the Hub token HF_TOKEN is never sent to a server other than the Hub)"
+        )
+    key = os.environ.get(variable)
+    if not key:
+        raise InputError(f"--api-key-env {variable}: that environment variable is not set")
+    return key
+
+
+def _is_loopback(host: str | None) -> bool:
+    return host is not None and (host in _LOOPBACK or host.startswith("127."))
 
 
 def _is_request_error(status: int, body: str) -> bool:
@@ -55,13 +95,20 @@ class ChatServer:
     timeout: float = 60.0
     retries: int = 3
     backoff: float = 1.0  # seconds before the first retry; doubles each time
-    api_key: str | None = None
+    api_key_env: str | None = None  # variable holding the key [default: OPENAI_API_KEY]
+    api_key: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         url = self.base_url.rstrip("/")
+        parsed = check_server_url(url)
         self.base_url = url if url.endswith("/v1") else url + "/v1"
         if self.api_key is None:
-            self.api_key = os.environ.get("OPENAI_API_KEY") or os.environ.get("HF_TOKEN")
+            self.api_key = api_key_from_env(self.api_key_env)
+        if self.api_key and parsed.scheme == "http" and not _is_loopback(parsed.hostname):
+            warn(
+                f"the API key goes to {parsed.hostname} over plain http, readable on the way; "
+                "use https, or a server on this machine"
+            )
 
     def chat(self, messages: list[dict[str, str]], **params: Any) -> dict[str, Any]:
         """POST /chat/completions; returns the decoded JSON response."""

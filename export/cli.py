@@ -262,6 +262,11 @@ def _json_option(text: str | None, name: str) -> dict[str, Any]:
     return value
 
 
+API_KEY_HELP = (
+    "Environment variable holding the server's API key [default: OPENAI_API_KEY]; "
+    "HF_TOKEN is never sent to a server."
+)
+
 LEXICON_HELP = (
     "Pattern judge: the judged model's word list (one per line; `toy` for the toy "
     "refuser's); answers mostly outside it count as corrupted, hence refusal."
@@ -298,6 +303,7 @@ LEXICON_HELP = (
 )
 @click.option("--system", default=None, help="System message for every prompt.")
 @click.option("--url", default=None, help="Server base URL (openai backend).")
+@click.option("--api-key-env", default=None, metavar="NAME", help=API_KEY_HELP)
 @click.option(
     "--extra-body",
     default=None,
@@ -321,6 +327,7 @@ def generate(
     think_end: str | None,
     system: str | None,
     url: str | None,
+    api_key_env: str | None,
     extra_body: str | None,
     batch_size: int,
     concurrency: int,
@@ -353,6 +360,7 @@ def generate(
         timeout=timeout,
         retries=retries,
         extra_body=_json_option(extra_body, "--extra-body"),
+        api_key_env=api_key_env,
     )
     chunk = batch_size if backend == "transformers" else max(1, concurrency)
     click.echo(run_generate(engine, prompts, output, options=options, chunk=chunk).render())
@@ -371,6 +379,7 @@ def generate(
     help="pattern is a keyword baseline, weaker than an LLM judge.",
 )
 @click.option("--url", default=None, help="Judge server base URL (openai backend).")
+@click.option("--api-key-env", default=None, metavar="NAME", help=API_KEY_HELP)
 @click.option(
     "--judge-model",
     default=None,
@@ -439,6 +448,7 @@ def judge(
     output: Path | None,
     backend: str,
     url: str | None,
+    api_key_env: str | None,
     judge_model: str | None,
     structured: str,
     cache_path: Path | None,
@@ -481,6 +491,7 @@ def judge(
         dtype=dtype,
         analysis_chars=analysis_chars,
         lexicon=_lexicon(lexicon),
+        api_key_env=api_key_env,
     )
     if calibrate:
         for result in run_calibration(engine, list(calibration_sets) or None, cache_path):
@@ -692,6 +703,7 @@ def _measurer(
     samples: int,
     max_new_tokens: int,
     lexicon: str | None = None,
+    api_key_env: str | None = None,
 ) -> Any:
     from bake.evaluate import Measurer
     from bake.generate import SamplingOptions
@@ -700,7 +712,13 @@ def _measurer(
     sampling = SamplingOptions(
         k=max(1, samples), max_new_tokens=max_new_tokens, greedy=samples <= 1
     )
-    engine = make_judge(judge, url=judge_url, model=judge_model, lexicon=_lexicon(lexicon))
+    engine = make_judge(
+        judge,
+        url=judge_url,
+        model=judge_model,
+        lexicon=_lexicon(lexicon),
+        api_key_env=api_key_env,
+    )
     return Measurer(engine, sampling)
 
 
@@ -714,6 +732,7 @@ def _judge_options(f: Any) -> Any:
                 help="Judge backend: pattern, openai, llama, transformers.",
             ),
             click.option("--judge-url", default=None, help="OpenAI-compatible judge server."),
+            click.option("--api-key-env", default=None, metavar="NAME", help=API_KEY_HELP),
             click.option("--judge-model", default=None, help="Judge model name, GGUF or folder."),
             click.option(
                 "--lexicon",
@@ -789,6 +808,7 @@ def tune(
     report_dir: Path | None,
     judge: str,
     judge_url: str | None,
+    api_key_env: str | None,
     judge_model: str | None,
     lexicon: str | None,
     samples: int,
@@ -824,7 +844,9 @@ def tune(
         files,
         output,
         settings=settings,
-        measurer=_measurer(judge, judge_url, judge_model, samples, max_new_tokens, lexicon),
+        measurer=_measurer(
+            judge, judge_url, judge_model, samples, max_new_tokens, lexicon, api_key_env
+        ),
         report_dir=report_dir,
         dtype=dtype,
         device=device,
@@ -883,6 +905,7 @@ def evaluate(
     report: Path | None,
     judge: str,
     judge_url: str | None,
+    api_key_env: str | None,
     judge_model: str | None,
     lexicon: str | None,
     samples: int,
@@ -898,7 +921,9 @@ def evaluate(
         prompt_files,
         plan_file=plan_file,
         baked=baked,
-        measurer=_measurer(judge, judge_url, judge_model, samples, max_new_tokens, lexicon),
+        measurer=_measurer(
+            judge, judge_url, judge_model, samples, max_new_tokens, lexicon, api_key_env
+        ),
         kl_sets=kl_sets or None,
         dtype=dtype,
         device=device,

@@ -46,7 +46,7 @@ import numpy as np
 
 from bake.arch import ArchSpec, arch_spec
 from bake.errors import InputError, OutputError, PlanMismatchError, UnsupportedError
-from bake.fileio import atomic_write_path, check_free_space
+from bake.fileio import atomic_write_path, check_free_space, check_output_file
 from bake.plan import Plan, format_layers
 from export.gguf_writer import STEERBAKE_PLAN_KEY, STEERBAKE_VERSION_KEY
 
@@ -633,16 +633,7 @@ def patch_gguf(
 
 def check_patch_output(out: Path, inputs: list[Path], *, overwrite: bool) -> None:
     """Refuse an output that is one of the inputs, a folder, or exists without overwrite."""
-    for f in inputs:
-        if f.exists() and (out.resolve() == f.resolve() or (out.exists() and out.samefile(f))):
-            raise OutputError(
-                f"output {out} is the input {f}; write to another path (the "
-                "base GGUF is never modified)"
-            )
-    if out.is_dir():
-        raise OutputError(f"{out} is a folder; pass a file path such as {out / 'steered.gguf'}")
-    if out.exists() and not overwrite:
-        raise OutputError(f"{out} already exists; pass --overwrite to replace it")
+    check_output_file(out, inputs, overwrite=overwrite)
 
 
 def patch_gguf_command(

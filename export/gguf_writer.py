@@ -34,7 +34,7 @@ import numpy as np
 from bake.arch import ARCHITECTURES, ArchSpec
 from bake.checkpoint import Checkpoint, TensorInfo, open_checkpoint
 from bake.errors import InputError, OutputError, UnsupportedError
-from bake.fileio import StreamWriter, atomic_write_path, check_free_space
+from bake.fileio import StreamWriter, atomic_write_path, check_free_space, check_output_file
 from bake.models import resolve_model
 from bake.plan import Plan, format_layers
 from bake.tensor_bytes import bf16_bits_to_f32, f32_to_bf16_bits
@@ -183,14 +183,7 @@ def _inputs(ckpt: Checkpoint, plan: Plan | None) -> list[Path]:
 
 def check_gguf_output(out: Path, inputs: list[Path], *, overwrite: bool) -> None:
     """Refuse an output that is one of the inputs, a folder, or exists without overwrite."""
-    target = out.resolve()
-    for f in inputs:
-        if f.exists() and f.resolve() == target:
-            raise OutputError(f"output {out} is one of the inputs ({f}); choose another path")
-    if out.is_dir():
-        raise OutputError(f"{out} is a folder; pass a file path such as {out / 'model.gguf'}")
-    if out.exists() and not overwrite:
-        raise OutputError(f"{out} already exists; pass --overwrite to replace it")
+    check_output_file(out, inputs, overwrite=overwrite)
 
 
 def _display_name(model_dir: str | Path | None) -> str | None:

@@ -77,10 +77,14 @@ def steerbake_exe() -> str:
 
 
 def run_cli(
-    *args: str, check: bool = False, cwd: Path | None = None, timeout: int = 600
+    *args: str,
+    check: bool = False,
+    cwd: Path | None = None,
+    timeout: int = 600,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(
-        [steerbake_exe(), *args], capture_output=True, text=True, cwd=cwd, timeout=timeout
+        [steerbake_exe(), *args], capture_output=True, text=True, cwd=cwd, timeout=timeout, env=env
     )
     if check and proc.returncode != 0:
         raise AssertionError(
