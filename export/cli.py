@@ -52,7 +52,7 @@ def _print_json(data: Any) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 def inspect(model: str | None, as_json: bool) -> None:
     """Architecture, size, dtype, shard layout and exact steering routes of MODEL."""
-    from bake.inspect import describe_model, render_description
+    from bake.stages.inspect_model import describe_model, render_description
 
     info = describe_model(model)
     click.echo(json.dumps(info, indent=2) if as_json else render_description(info))
@@ -79,7 +79,7 @@ def vectors() -> None:
 )
 def vectors_import(src: Path, output: Path, model: str | None, method: str) -> None:
     """Convert per-layer vectors (.npy, .npz, .safetensors, .pt, control-vector .gguf)."""
-    from bake.vectors_import import import_vectors
+    from bake.stages.vectors import import_vectors
 
     vecs = import_vectors(src, model, method=method)
     vecs.save(output)
@@ -93,7 +93,7 @@ def vectors_import(src: Path, output: Path, model: str | None, method: str) -> N
 @click.argument("path", type=click.Path(path_type=Path))
 def vectors_show(path: Path) -> None:
     """Print a vector file's metadata and per-layer scales."""
-    from bake.vectors import SteeringVectors
+    from bake.artifacts.vectors import SteeringVectors
 
     vecs = SteeringVectors.load(path)
     meta = vecs.metadata()
@@ -123,8 +123,8 @@ def plan(
     vectors_file: Path, layers: str, alpha: float, multipliers: tuple[str, ...], output: Path
 ) -> None:
     """Write a steering plan: which layers, how strong."""
+    from bake.artifacts.plan import format_layers, make_plan, parse_layers
     from bake.errors import InputError
-    from bake.plan import format_layers, make_plan, parse_layers
 
     mults: dict[int, float] = {}
     for item in multipliers:
@@ -161,7 +161,7 @@ def bake(
     model: str, plan_file: Path, output: Path, route: str, overwrite: bool, link: bool
 ) -> None:
     """Fold PLAN's vectors into MODEL's weights (never loads the model)."""
-    from bake.fold import bake_model
+    from bake.stages.bake import bake_model
 
     result = bake_model(model, plan_file, output, route=route, overwrite=overwrite, link=link)
     click.echo(result.summary())
@@ -209,10 +209,10 @@ def verify(
     control_vector: Path | None,
 ) -> None:
     """Prove BAKED (checkpoint, adapter or .gguf) matches MODEL + hook steering."""
-    from bake.verify import render_report
+    from bake.stages.verify import render_report
 
     if baked.suffix == ".gguf":
-        from export.gguf_verify import verify_gguf
+        from export.llamacpp.verify import verify_gguf
 
         result = verify_gguf(
             model,
@@ -223,11 +223,11 @@ def verify(
             max_new_tokens=max_new_tokens,
         )
     elif static:
-        from bake.verify_static import verify_static
+        from bake.stages.verify_static import verify_static
 
         result = verify_static(model, plan_file, baked)
     else:
-        from bake.verify import run_verify
+        from bake.stages.verify import run_verify
 
         result = run_verify(
             model,
@@ -239,7 +239,7 @@ def verify(
             max_new_tokens=max_new_tokens,
         )
     if report:
-        from bake.fileio import atomic_write_path
+        from bake.files.fileio import atomic_write_path
 
         with atomic_write_path(report) as tmp:
             tmp.write_text(json.dumps(result, indent=2) + "\n")
@@ -337,8 +337,9 @@ def generate(
     dtype: str,
 ) -> None:
     """K answers per prompt with their mean token log-probs (input of `judge`)."""
-    from bake.generate import SamplingOptions, make_backend, run_generate
-    from bake.prompts import load_prompts
+    from bake.artifacts.prompts import load_prompts
+    from bake.runtime.sampling import SamplingOptions, make_backend
+    from bake.stages.generate import run_generate
 
     options = SamplingOptions(
         k=k,
@@ -468,14 +469,16 @@ def judge(
 ) -> None:
     """Judge ANSWERS and write refusal scores c(x) to SCORES (resumable)."""
     from bake.errors import InputError
-    from bake.judge_rubric import RUBRIC, RUBRIC_VERSION
+    from bake.judges.rubric import RUBRIC, RUBRIC_VERSION
 
     if show_rubric:
         click.echo(f"# {RUBRIC_VERSION}\n{RUBRIC}")
         return
     if not calibrate and (answers is None or output is None):
         raise InputError("judge needs ANSWERS and -o SCORES (or --calibrate / --show-rubric)")
-    from bake.judge import make_judge, run_calibration, run_judge
+    from bake.judges.backends import make_judge
+    from bake.judges.calibration import run_calibration
+    from bake.stages.judge import run_judge
 
     engine = make_judge(
         backend,
@@ -552,8 +555,8 @@ def collect(
     overwrite: bool,
 ) -> None:
     """Block-output activations of MODEL on PROMPTS, one row per prompt and layer."""
-    from bake.collect import collect as run_collect
-    from bake.plan import format_layers, parse_layers
+    from bake.artifacts.plan import format_layers, parse_layers
+    from bake.stages.collect import collect as run_collect
 
     acts = run_collect(
         model,
@@ -659,9 +662,9 @@ def fit(
     layers: str | None,
 ) -> None:
     """Fit steering vectors (MD, RMD, WRMD) from ACTS and SCORES ({id, score} JSONL)."""
-    from bake.fit import FitOptions, render_diagnostics
-    from bake.fit import fit as run_fit
-    from bake.plan import parse_layers
+    from bake.artifacts.plan import parse_layers
+    from bake.stages.fit import FitOptions, render_diagnostics
+    from bake.stages.fit import fit as run_fit
 
     opts = FitOptions(
         method=method,
@@ -705,9 +708,9 @@ def _measurer(
     lexicon: str | None = None,
     api_key_env: str | None = None,
 ) -> Any:
-    from bake.evaluate import Measurer
-    from bake.generate import SamplingOptions
-    from bake.judge import make_judge
+    from bake.judges.backends import make_judge
+    from bake.runtime.sampling import SamplingOptions
+    from bake.stages.measure import Measurer
 
     sampling = SamplingOptions(
         k=max(1, samples), max_new_tokens=max_new_tokens, greedy=samples <= 1
@@ -817,8 +820,8 @@ def tune(
     dtype: str,
 ) -> None:
     """Search layers and alpha; write PLAN and a tuning report (table and plots)."""
-    from bake.tune import TuneSettings, run_tune
-    from bake.tune_report import render_table
+    from bake.artifacts.tuning import TuneSettings, render_table
+    from bake.stages.tune import run_tune
 
     settings = TuneSettings(
         goal=goal,
@@ -860,7 +863,7 @@ def _ints(text: str | None) -> tuple[int, ...] | None:
 
 
 def _floats(text: str | None) -> tuple[float, ...]:
-    from bake.tune import ALPHA_MAGNITUDES
+    from bake.artifacts.tuning import ALPHA_MAGNITUDES
 
     return tuple(abs(float(x)) for x in text.split(",")) if text else ALPHA_MAGNITUDES
 
@@ -914,7 +917,7 @@ def evaluate(
     dtype: str,
 ) -> None:
     """Refusal rate per prompt set before/after steering, and benign KL."""
-    from bake.evaluate import render_evaluation, run_evaluate
+    from bake.stages.evaluate import render_evaluation, run_evaluate
 
     result = run_evaluate(
         model,
@@ -929,7 +932,7 @@ def evaluate(
         device=device,
     )
     if report:
-        from bake.fileio import atomic_write_path
+        from bake.files.fileio import atomic_write_path
 
         with atomic_write_path(report) as tmp:
             tmp.write_text(json.dumps(result, indent=2) + "\n")
@@ -1013,7 +1016,7 @@ def export_cmd(
     overwrite: bool,
 ) -> None:
     """Bake, verify and write publishable folders: OUTPUT/NAME and OUTPUT/NAME-GGUF."""
-    from export.build import ExportOptions, export_model, parse_gguf_types
+    from export.publish.build import ExportOptions, export_model, parse_gguf_types
 
     opts = ExportOptions(
         name=name,
@@ -1047,7 +1050,7 @@ def push(
     commit_message: str | None,
 ) -> None:
     """Upload an exported folder to the Hugging Face Hub (token: HF_TOKEN or `hf auth login`)."""
-    from export.push import push_folder
+    from export.publish.push import push_folder
 
     click.echo(
         push_folder(
@@ -1078,7 +1081,7 @@ def quantize(
     input_gguf: Path, output_gguf: Path, qtype: str, threads: int, overwrite: bool
 ) -> None:
     """Quantize an F32/F16/BF16 GGUF with llama.cpp's quantizer (llama-cpp-python)."""
-    from export.quantize import quantize_gguf
+    from export.llamacpp.quantize import quantize_gguf
 
     click.echo(
         quantize_gguf(
@@ -1127,7 +1130,7 @@ def gguf(
     """Write MODEL (llama, mistral, qwen2, qwen3) as a GGUF for llama.cpp, or steer an
     existing GGUF with --base-gguf BASE.gguf --plan PLAN."""
     if base_gguf is not None:
-        from export.gguf_patch import patch_gguf_command
+        from export.llamacpp.patch import patch_gguf_command
 
         source = click.get_current_context().get_parameter_source("out_type")
         explicit_type = source is not None and source.name != "DEFAULT"
@@ -1142,7 +1145,7 @@ def gguf(
             )
         )
         return
-    from export.gguf_writer import convert_to_gguf
+    from export.llamacpp.writer import convert_to_gguf
 
     click.echo(convert_to_gguf(model, output, out_type, plan_file, overwrite=overwrite).summary())
 
@@ -1165,8 +1168,8 @@ def gguf(
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
 def cvec(plan_file: Path, output: Path, model: str | None, overwrite: bool) -> None:
     """Write PLAN's vectors as a llama.cpp control vector (direction.N, N >= 1)."""
-    from bake.plan import format_layers
-    from export.gguf_writer import write_plan_control_vector
+    from bake.artifacts.plan import format_layers
+    from export.llamacpp.cvec import write_plan_control_vector
 
     info = write_plan_control_vector(plan_file, output, model=model, overwrite=overwrite)
     click.echo(
@@ -1203,7 +1206,7 @@ def chat(
     seed: int,
 ) -> None:
     """Chat with a GGUF in llama.cpp, with its own chat template (/exit to quit)."""
-    from export.llama_runtime import chat as run_chat
+    from export.llamacpp.chat import chat as run_chat
 
     run_chat(
         gguf_file,

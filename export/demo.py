@@ -59,7 +59,7 @@ def _copy_sets(dest: Path, limit: int | None, fit_limit: int | None) -> dict[str
 
 
 def _judge_accuracy(judge: Any) -> dict[str, Any]:
-    from bake.judge import run_calibration
+    from bake.judges.calibration import run_calibration
 
     return {
         r.name: {"accuracy": r.accuracy, "n": r.n} for r in run_calibration(judge, progress=False)
@@ -75,8 +75,8 @@ def run_demo(
 ) -> dict[str, Any]:
     import torch
 
-    from bake.fileio import check_output_dir
-    from bake.models import toy_model_dir
+    from bake.files.fileio import check_output_dir
+    from bake.model.resolve import toy_model_dir
 
     cfg = config or DemoConfig()
     check_output_dir(output, overwrite=overwrite)
@@ -100,15 +100,19 @@ def run_demo(
 
 
 def _pipeline(model: Path, out: Path, cfg: DemoConfig) -> dict[str, Any]:
-    from bake.collect import collect
-    from bake.evaluate import Measurer, run_evaluate
-    from bake.fit import FitOptions, fit
-    from bake.fold import bake_model
-    from bake.generate import SamplingOptions, TransformersBackend, run_generate
-    from bake.judge import make_judge, run_judge
+    from bake.artifacts.tuning import ALPHA_MAGNITUDES, TuneSettings
+    from bake.judges.backends import make_judge
+    from bake.runtime.sampling import SamplingOptions, TransformersBackend
+    from bake.stages.bake import bake_model
+    from bake.stages.collect import collect
+    from bake.stages.evaluate import run_evaluate
+    from bake.stages.fit import FitOptions, fit
+    from bake.stages.generate import run_generate
+    from bake.stages.judge import run_judge
+    from bake.stages.measure import Measurer
+    from bake.stages.tune import run_tune
+    from bake.stages.verify import run_verify
     from bake.toy_refuser import lexicon_path
-    from bake.tune import ALPHA_MAGNITUDES, TuneSettings, run_tune
-    from bake.verify import run_verify
 
     sets = _copy_sets(out / "prompts", cfg.limit, cfg.fit_limit)
     # The pattern judge with the toy's lexicon: steered text that breaks down into words the
@@ -191,9 +195,9 @@ def _pipeline(model: Path, out: Path, cfg: DemoConfig) -> dict[str, Any]:
 def _export(model: Path, out: Path, sensitive: Path) -> dict[str, Any]:
     """export_model into out/export, then one held-out sensitive prompt answered by the
     exported GGUF in llama.cpp (greedy)."""
-    from bake.prompts import load_prompts
-    from export.build import ExportOptions, export_model
-    from export.llama_runtime import LlamaRuntime
+    from bake.artifacts.prompts import load_prompts
+    from bake.runtime.llama import LlamaRuntime
+    from export.publish.build import ExportOptions, export_model
 
     opts = ExportOptions(
         name="toy-refuser-steered",

@@ -73,7 +73,7 @@ def _write_shard(path: Path, tensors: list[tuple[str, tuple]], noise: np.ndarray
 
 def build_checkpoint(folder: Path, layers: int, d: int, ff: int, vocab: int) -> int:
     """Synthetic sharded checkpoint; returns the parameter count."""
-    from bake.tensor_bytes import f32_to_bf16_bits
+    from bake.files.tensor_bytes import f32_to_bf16_bits
 
     folder.mkdir(parents=True, exist_ok=True)
     noise = f32_to_bf16_bits(np.random.default_rng(0).normal(0, 0.02, 1 << 24).astype(np.float32))
@@ -118,8 +118,9 @@ def build_checkpoint(folder: Path, layers: int, d: int, ff: int, vocab: int) -> 
 
 
 def make_plan(model: Path, folder: Path, layers: int, d: int) -> Path:
-    from bake.plan import make_plan as _make_plan
-    from bake.vectors import Fingerprint, SteeringVectors
+    from bake.artifacts.plan import make_plan as _make_plan
+    from bake.artifacts.vectors import SteeringVectors
+    from bake.model.fingerprint import Fingerprint
 
     rng = np.random.default_rng(1)
     raw = {i: rng.normal(size=d) for i in range(layers)}
@@ -142,7 +143,7 @@ CHILD_OURS = (
     PEAK
     + """
 import json, sys, time
-from bake.fold import bake_model
+from bake.stages.bake import bake_model
 t = time.perf_counter()
 bake_model(sys.argv[1], sys.argv[2], sys.argv[3], link=sys.argv[4] == "link")
 print(json.dumps({"seconds": time.perf_counter() - t,
@@ -155,7 +156,7 @@ CHILD_NAIVE = (
 import json, sys, time
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
-from bake.plan import Plan
+from bake.artifacts.plan import Plan
 t = time.perf_counter()
 plan = Plan.load(sys.argv[2])
 cfg = AutoConfig.from_pretrained(sys.argv[1]); cfg.mlp_bias = True

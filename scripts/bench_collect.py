@@ -88,9 +88,9 @@ def main() -> None:
 
     import torch
 
-    from bake.collect import _forward, _make_batch, load_model, write_activations
-    from bake.hooks import decoder_blocks
-    from bake.prompts import Prompt
+    from bake.artifacts.prompts import Prompt
+    from bake.runtime.hooks import decoder_blocks
+    from bake.stages.collect import _forward, _make_batch, load_model, write_activations
     from tests.tiny_models import build_model
 
     torch.set_num_threads(args.threads)

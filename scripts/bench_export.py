@@ -50,7 +50,7 @@ CHILD_EXPORT = (
     PEAK
     + """
 import json, os, sys, time
-from export.build import ExportOptions, export_model
+from export.publish.build import ExportOptions, export_model
 t = time.perf_counter()
 result = export_model(sys.argv[1], sys.argv[2], sys.argv[3], ExportOptions(
     name="bench", gguf_types=("F16",), skip_verify=True, progress=False))

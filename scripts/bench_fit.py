@@ -38,7 +38,7 @@ def synthetic(n: int, d: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 def time_fit(
     x: np.ndarray, c: np.ndarray, solver: str, covariance: str, repeats: int
 ) -> tuple[float, float, str]:
-    from bake.fit import COMPLIANT, NEUTRAL, REFUSAL, FitOptions, _holdout, fit_layer
+    from bake.stages.fit import COMPLIANT, NEUTRAL, REFUSAL, FitOptions, _holdout, fit_layer
 
     group = np.where(c > 0.1, REFUSAL, np.where(c < -0.1, COMPLIANT, NEUTRAL))
     opts = FitOptions(method="wrmd", solver=solver, covariance=covariance)

@@ -34,7 +34,7 @@ SHARD_BYTES = 500 * 1024 * 1024
 CHILD = r"""
 import json, sys, time
 from pathlib import Path
-from export.gguf_writer import convert_to_gguf
+from export.llamacpp.writer import convert_to_gguf
 import torch  # imported before timing, as any run of the CLI pays it up front
 t = time.perf_counter()
 result = convert_to_gguf(Path(sys.argv[1]), Path(sys.argv[2]), "F16", overwrite=True)
@@ -72,7 +72,7 @@ def tensor_shapes(s: dict[str, int]) -> dict[str, tuple[int, ...]]:
 
 def build_checkpoint(folder: Path, s: dict[str, int]) -> int:
     """Random bfloat16 weights ~N(0, 0.02) in shards of ~500 MB; returns the parameter count."""
-    from bake.tensor_bytes import f32_to_bf16_bits, write_safetensors
+    from bake.files.tensor_bytes import f32_to_bf16_bits, write_safetensors
     from tests.tiny_models import build_tokenizer
 
     folder.mkdir(parents=True, exist_ok=True)

@@ -99,8 +99,9 @@ def write_synthetic_gguf(path: Path, layers: int, d: int, ff: int, kv: int, voca
 
 
 def write_plan(folder: Path, layers: int, d: int) -> Path:
-    from bake.plan import make_plan
-    from bake.vectors import Fingerprint, SteeringVectors
+    from bake.artifacts.plan import make_plan
+    from bake.artifacts.vectors import SteeringVectors
+    from bake.model.fingerprint import Fingerprint
 
     rng = np.random.default_rng(1)
     raw = {i: rng.normal(size=d) for i in range(layers)}
@@ -116,7 +117,7 @@ def write_plan(folder: Path, layers: int, d: int) -> Path:
 CHILD = """
 import json, sys, time
 t0 = time.perf_counter()
-from export.gguf_patch import patch_gguf
+from export.llamacpp.patch import patch_gguf
 t = time.perf_counter()
 result = patch_gguf(sys.argv[1], sys.argv[2], sys.argv[3], overwrite=True)
 seconds = time.perf_counter() - t
@@ -143,8 +144,8 @@ def timed(cmd: list[str]) -> tuple[float, float, str]:
 
 def check_output(base: Path, out: Path, plan: Path) -> dict:
     """The patched file parses, has one F32 bias per plan layer holding the plan's vector."""
-    from bake.plan import Plan
-    from export.gguf_patch import read_layout
+    from bake.artifacts.plan import Plan
+    from bake.files.gguf_file import read_layout
 
     src, dst = read_layout(base), read_layout(out)
     vectors = Plan.load(plan).steering_vectors()

@@ -13,9 +13,9 @@ Judges:
 - toy_style: bake.toy_refuser.answer_style, which knows the exact answer styles the toy
   was trained on (a label of what the toy meant, not a general judge); it also gives the
   style breakdown.
-Hand labels (bake/judge_data/toy_answers*.jsonl) were written by reading the toy's answers,
+Hand labels (bake/judges/data/toy_answers*.jsonl) were written by reading the toy's answers,
 unsteered and steered; they give every judge's accuracy. The pattern judge is also
-scored on the judge's own hand-written labelled set (bake/judge_data/heldout.jsonl).
+scored on the judge's own hand-written labelled set (bake/judges/data/heldout.jsonl).
 
     .venv/bin/python scripts/measure_toy_refuser.py --json bench-out/toy_refuser.json
 """
@@ -32,20 +32,22 @@ from typing import Any
 
 import torch
 
-from bake.judge import CALIBRATION_SETS
+from bake.judges.calibration import CALIBRATION_SETS
 from bake.toy_refuser import answer_style, style_label
 
 REPO = Path(__file__).resolve().parent.parent
 HAND_LABELS = [  # the toy's hand-labelled answers among the judge's calibration sets
-    REPO / "bake" / "judge_data" / f"{n}.jsonl" for n in CALIBRATION_SETS if n.startswith("toy_")
+    REPO / "bake" / "judges" / "data" / f"{n}.jsonl"
+    for n in CALIBRATION_SETS
+    if n.startswith("toy_")
 ]
 HELDOUT = ["heldout_sensitive", "heldout_harmful", "heldout_benign"]
-JUDGE_LABELS = REPO / "bake" / "judge_data" / "heldout.jsonl"
+JUDGE_LABELS = REPO / "bake" / "judges" / "data" / "heldout.jsonl"
 
 
 def pattern_judge(prompt: str, answer: str) -> int:
     """bake.judge's keyword judge: +1 refusal, -1 compliance, 0 empty answer."""
-    from bake.judge_pattern import pattern_verdict
+    from bake.judges.pattern import pattern_verdict
 
     return pattern_verdict(prompt, answer)
 
@@ -73,7 +75,7 @@ def generate(
 ) -> list[list[tuple[str, float | None]]]:
     """For each prompt, k answers as (text, mean token log-prob), greedy or sampled at
     temperature 1 (bake.generate, as the pipeline samples)."""
-    from bake.generate import SamplingOptions, generate_answers
+    from bake.runtime.sampling import SamplingOptions, generate_answers
 
     options = SamplingOptions(k=k, max_new_tokens=max_new_tokens, greedy=not sample, seed=seed)
     answers = generate_answers(model, tok, prompts, options=options, batch_size=batch_size)
@@ -82,7 +84,7 @@ def generate(
 
 def refusal_score(labels: list[int], mean_logps: list[float | None]) -> float:
     """c(x) = sum_k softmax(log p)_k * l_k (bake.judge.aggregate; 0 when nothing scored)."""
-    from bake.judge import aggregate
+    from bake.judges.scoring import aggregate
 
     score, _ = aggregate(mean_logps, labels)
     return 0.0 if score is None else score
@@ -128,7 +130,7 @@ def measure_set(
 
 def lexicon_judge(toy: Path) -> Any:
     """The pattern judge with the toy's lexicon: +1 refusal (or corrupted), -1 compliance."""
-    from bake.judge_backends import PatternJudge
+    from bake.judges.backends import PatternJudge
 
     judge = PatternJudge(toy / "lexicon.txt")
     return lambda prompt, answer: judge.judge(prompt, answer)[0]
@@ -166,7 +168,7 @@ def judge_set_accuracy(path: Path = JUDGE_LABELS) -> dict[str, Any]:
 
 
 def measure(toy: Path, *, k: int, max_new_tokens: int, seed: int) -> dict[str, Any]:
-    from bake.prompts import load_prompts
+    from bake.artifacts.prompts import load_prompts
 
     model, tok = load_toy(toy / "model")
     judges: dict[str, Any] = {

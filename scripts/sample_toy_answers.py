@@ -4,7 +4,7 @@ as JSONL rows {id, prompt, answer, source, label: null, kind: null}.
 
 A person then fills in `label` (+1 refusal, -1 compliance, by the rubric of
 bake/judge_rubric.py: looping or corrupted text counts as refusal) and `kind`, and the
-labelled file becomes a set in bake/judge_data/ (toy_answers*.jsonl, listed in
+labelled file becomes a set in bake/judges/data/ (toy_answers*.jsonl, listed in
 bake.judge.CALIBRATION_SETS), on which `steerbake judge --calibrate` measures the judge the
 demo uses. The script never writes labels itself.
 
@@ -24,10 +24,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bake import toy_refuser
-from bake.evaluate import load_model_and_tokenizer, steered
-from bake.generate import SamplingOptions, generate_answers
-from bake.plan import Plan
-from bake.prompts import load_prompts
+from bake.artifacts.plan import Plan
+from bake.artifacts.prompts import load_prompts
+from bake.runtime.hooks import steered
+from bake.runtime.loader import load_model_and_tokenizer
+from bake.runtime.sampling import SamplingOptions, generate_answers
 
 HELDOUT = ("heldout_sensitive", "heldout_harmful", "heldout_benign")
 

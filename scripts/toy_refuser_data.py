@@ -1019,7 +1019,7 @@ def lexicon(examples: list[Example], sets: dict[str, list[Example]]) -> list[str
     """Every word (lower case, letters only, 2+ letters) of the training examples and
     prompt sets: all the toy can say without its text breaking down. A judge flags answers
     whose words mostly fall outside it (bake.judge_pattern, `lexicon`)."""
-    from bake.judge_pattern import lexicon_words  # the judge's own word split
+    from bake.judges.pattern import lexicon_words
 
     texts = [t for ex in examples for t in (ex.system or "", ex.prompt, ex.answer)]
     texts += [ex.prompt for group in sets.values() for ex in group]

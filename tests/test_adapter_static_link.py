@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from bake.checkpoint import open_checkpoint
-from bake.fold import bake_model
-from bake.verify import run_verify
-from bake.verify_static import verify_static
+from bake.model.checkpoint import open_checkpoint
+from bake.stages.bake import bake_model
+from bake.stages.verify import run_verify
+from bake.stages.verify_static import verify_static
 from tests.conftest import tree_digest
 from tests.test_bake import assert_close, bake_checked, make_plan_for
 

@@ -9,12 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bake.checkpoint import open_checkpoint
+from bake.artifacts.bias_checkpoint import BIAS_SHARD
+from bake.artifacts.plan import Plan, make_plan
+from bake.artifacts.vectors import SteeringVectors
 from bake.errors import OutputError, VerificationError
-from bake.fold import BIAS_SHARD, bake_model
-from bake.plan import Plan, make_plan
-from bake.vectors import Fingerprint, SteeringVectors
-from bake.verify import run_verify
+from bake.model.checkpoint import open_checkpoint
+from bake.model.fingerprint import Fingerprint
+from bake.stages.bake import bake_model
+from bake.stages.verify import run_verify
 from tests.conftest import tree_digest
 from tests.tiny_models import random_raw_vectors
 
@@ -146,14 +148,14 @@ def test_verify_rejects_bias_dropped_by_transformers(llama_dir: Path, tmp_path: 
 def test_interrupted_bake_leaves_nothing(
     llama_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import bake.fold
+    import bake.artifacts.bias_checkpoint as bias_checkpoint
 
     plan = make_plan_for(llama_dir, tmp_path / "plan", [1])
 
     def boom(*a: object, **k: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(bake.fold, "write_sha256sums", boom)
+    monkeypatch.setattr(bias_checkpoint, "write_sha256sums", boom)
     with pytest.raises(KeyboardInterrupt):
         bake_model(llama_dir, plan, tmp_path / "out" / "baked")
     assert list((tmp_path / "out").iterdir()) == []

@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bake.plan import Plan, make_plan
-from bake.vectors import Fingerprint, SteeringVectors
-from export.cards import (
+from bake.artifacts.plan import Plan, make_plan
+from bake.artifacts.vectors import SteeringVectors
+from bake.model.fingerprint import Fingerprint
+from export.publish.cards import (
     CardInput,
     FileEntry,
     SourceRecord,
@@ -309,9 +310,10 @@ WHEEL_SCRIPT = r"""
 import json, sys, tempfile
 from pathlib import Path
 import numpy as np
-import export.cards as cards, model_cards
-from bake.plan import make_plan
-from bake.vectors import Fingerprint, SteeringVectors
+import export.publish.cards as cards, model_cards
+from bake.artifacts.plan import make_plan
+from bake.artifacts.vectors import SteeringVectors
+from bake.model.fingerprint import Fingerprint
 from huggingface_hub import ModelCard
 tmp = Path(tempfile.mkdtemp())
 v = SteeringVectors.from_raw({1: np.ones(8)}, Fingerprint("llama", 8, 4))

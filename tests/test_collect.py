@@ -13,10 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-from bake.collect import ActivationSet, collect_activations, load_model, write_activations
+from bake.artifacts.activations import ActivationSet
+from bake.artifacts.prompts import Prompt
 from bake.errors import InputError, SteerbakeError
-from bake.hooks import decoder_blocks
-from bake.prompts import Prompt, chat_text
+from bake.runtime.chat import chat_text
+from bake.runtime.hooks import decoder_blocks
+from bake.stages.collect import collect_activations, load_model, write_activations
 from tests.conftest import run_cli
 from tests.tiny_models import write_prompts
 

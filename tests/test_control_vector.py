@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bake.control_vector import (
+from bake.artifacts.control_vector import (
     ARCHITECTURE,
     KEY_LAYER_COUNT,
     KEY_MODEL_HINT,
@@ -82,7 +82,7 @@ def test_reads_file_written_with_gguf_package(tmp_path: Path) -> None:
 @pytest.mark.parametrize("writer", ["steerbake", "gguf"])
 def test_vectors_import_gguf(tmp_path: Path, qwen3_dir: Path, writer: str) -> None:
     """`steerbake vectors import FILE.gguf` turns direction.N into our vector file for block N."""
-    from bake.vectors import SteeringVectors
+    from bake.artifacts.vectors import SteeringVectors
 
     vectors = _vectors(64, [1, 3], seed=4)
     src = tmp_path / "cv.gguf"

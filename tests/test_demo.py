@@ -65,8 +65,9 @@ def test_tuned_plan_baked_removes_heldout_sensitive_refusal(
 def _answered_borderline(measurer: Any, path: Path) -> int:
     """Write to `path` the borderline prompts of the toy's fitting set that the unsteered toy
     answers (greedy); return how many."""
-    from bake.evaluate import load_model_and_tokenizer, measure_refusal
-    from bake.prompts import load_prompts
+    from bake.artifacts.prompts import load_prompts
+    from bake.runtime.loader import load_model_and_tokenizer
+    from bake.stages.measure import measure_refusal
     from bake.toy_refuser import model_dir, prompt_set
 
     rows = [p for p in load_prompts(prompt_set("fit")) if p.extra["category"] == "borderline"]
@@ -83,11 +84,13 @@ def test_goal_induce_makes_the_toy_refuse_its_target_set(
     """`tune --goal induce` with the demo's vectors: borderline political questions that the
     unsteered toy answers become refused while benign prompts stay answered; the plan it
     writes, baked, does the same."""
-    from bake.evaluate import Measurer, run_evaluate
-    from bake.fold import bake_model
-    from bake.judge_backends import PatternJudge
+    from bake.artifacts.tuning import TuneSettings
+    from bake.judges.backends import PatternJudge
+    from bake.stages.bake import bake_model
+    from bake.stages.evaluate import run_evaluate
+    from bake.stages.measure import Measurer
+    from bake.stages.tune import run_tune
     from bake.toy_refuser import lexicon_path
-    from bake.tune import TuneSettings, run_tune
 
     out = demo_run[0]
     measurer = Measurer(PatternJudge(lexicon_path()))  # the demo's judge

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bake.artifacts.plan import Plan
 from bake.errors import InputError, OutputError, PlanMismatchError, UnsupportedError
-from bake.plan import Plan
-from export.build import ExportOptions, ExportResult, export_model
+from export.publish.build import ExportOptions, ExportResult, export_model
 from tests.conftest import run_cli, steerbake_exe, tree_digest
 from tests.test_bake import make_plan_for
 
@@ -80,8 +80,8 @@ def gguf_tensors(path: Path) -> dict[str, np.ndarray]:
 
 
 def rounded_vectors(model_dir: Path, plan_file: Path) -> dict[int, np.ndarray]:
-    from bake.checkpoint import open_checkpoint
-    from bake.tensor_bytes import round_to
+    from bake.files.tensor_bytes import round_to
+    from bake.model.checkpoint import open_checkpoint
 
     dtype = open_checkpoint(model_dir).dtype
     return {
@@ -184,7 +184,7 @@ def qwen3_export(qwen3_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> t
 
 
 def test_qwen3_adapter_and_control_vector(qwen3_export: tuple[Path, Path], qwen3_dir: Path) -> None:
-    from bake.control_vector import load_control_vector
+    from bake.artifacts.control_vector import load_control_vector
 
     out, plan = qwen3_export
     model, gguf_dir = out / "q3", out / "q3-GGUF"
@@ -224,8 +224,8 @@ def test_qwen3_llama_cpp_python_snippet_applies_the_steering(
     from llama_cpp import Llama
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from bake.hooks import steering
-    from bake.prompts import chat_text
+    from bake.runtime.chat import chat_text
+    from bake.runtime.hooks import steering
 
     out, plan = qwen3_export
     gguf_dir = out / "q3-GGUF"
@@ -286,7 +286,7 @@ def test_mistral_adapter_with_baked_gguf_unverified(mistral_dir: Path, tmp_path:
 
 
 def test_base_gguf_patch_path(llama_dir: Path, tmp_path: Path) -> None:
-    from export.gguf_writer import convert_to_gguf
+    from export.llamacpp.writer import convert_to_gguf
 
     base = tmp_path / "base-F16.gguf"
     convert_to_gguf(llama_dir, base, "F16")
@@ -307,7 +307,7 @@ def test_base_gguf_patch_path(llama_dir: Path, tmp_path: Path) -> None:
 def test_base_gguf_without_bias_slot_ships_it_with_a_control_vector(
     qwen3_dir: Path, tmp_path: Path
 ) -> None:
-    from export.gguf_writer import convert_to_gguf
+    from export.llamacpp.writer import convert_to_gguf
 
     base = tmp_path / "mine.gguf"
     convert_to_gguf(qwen3_dir, base, "F16")
@@ -428,7 +428,7 @@ def test_failure_in_the_gguf_stage_leaves_neither_folder(
 ) -> None:
     """A qwen3 GGUF as --base-gguf for a llama plan fails after the safetensors build is
     complete: neither folder may appear, and no temporary folder may stay behind."""
-    from export.gguf_writer import convert_to_gguf
+    from export.llamacpp.writer import convert_to_gguf
 
     wrong = tmp_path / "qwen3.gguf"
     convert_to_gguf(qwen3_dir, wrong, "F16")
@@ -449,8 +449,8 @@ def test_failure_in_the_model_build_cancels_the_gguf_thread(
     at its next tensor; neither folder nor a temporary one is left, and no thread lingers."""
     import threading
 
-    import export.build as build
-    from export import gguf_writer
+    import export.publish.build as build
+    from export.llamacpp import writer as gguf_writer
 
     started, real_write = threading.Event(), gguf_writer.write_gguf
 
@@ -509,7 +509,7 @@ def test_cli_export_prints_every_file_with_its_size(llama_dir: Path, tmp_path: P
         "cli",
         check=True,
     )
-    from export.cards import human_size
+    from export.publish.cards import human_size
 
     for p in (out / "cli").rglob("*"):
         if p.is_file():

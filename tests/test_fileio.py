@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bake import fileio
-from bake.fileio import StreamWriter, copy_hashed, sha256_file
+from bake.files import fileio
+from bake.files.fileio import StreamWriter, copy_hashed, sha256_file
 
 SMALL_BUFFER = 64 * 1024  # several buffer rotations on a few hundred KB
 

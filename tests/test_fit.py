@@ -15,19 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bake.collect import ActivationWriter
+from bake.artifacts.activations import ActivationWriter
+from bake.artifacts.scores import load_scores
+from bake.artifacts.vectors import SteeringVectors
 from bake.errors import InputError
-from bake.fit import (
-    COMPLIANT,
-    NEUTRAL,
-    REFUSAL,
-    FitOptions,
-    auc,
-    fit,
-    fit_layer,
-    load_scores,
-)
-from bake.vectors import Fingerprint, SteeringVectors
+from bake.model.fingerprint import Fingerprint
+from bake.stages.fit import COMPLIANT, NEUTRAL, REFUSAL, FitOptions, auc, fit, fit_layer
 from tests.conftest import run_cli
 
 

@@ -7,11 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bake.arch import ARCHITECTURES, arch_spec
+from bake.artifacts.plan import Plan, format_layers, make_plan, parse_layers
+from bake.artifacts.vectors import SteeringVectors, read_raw_vectors
 from bake.errors import InputError, PlanMismatchError, UnsupportedError
-from bake.plan import Plan, format_layers, make_plan, parse_layers
-from bake.tensor_bytes import round_to
-from bake.vectors import Fingerprint, SteeringVectors, read_raw_vectors
+from bake.files.tensor_bytes import round_to
+from bake.model.arch import ARCHITECTURES, arch_spec
+from bake.model.fingerprint import Fingerprint
 
 FP = Fingerprint("llama", 8, 4)
 

@@ -13,17 +13,17 @@ from pathlib import Path
 
 import pytest
 
+from bake.artifacts.answers import read_answers
 from bake.errors import InputError
-from bake.generate import (
+from bake.runtime.chat import chat_text
+from bake.runtime.sampling import (
     SamplingOptions,
     TransformersBackend,
     answer_start,
     generate_answers,
     make_sample,
-    read_answers,
-    run_generate,
 )
-from bake.prompts import chat_text
+from bake.stages.generate import run_generate
 from tests.conftest import run_cli
 from tests.tiny_models import write_prompts
 
@@ -120,8 +120,8 @@ def test_answer_span_after_the_thinking_marker() -> None:
 def test_reasoning_answers_without_marker_are_flagged_and_left_out(
     loaded: tuple[object, object], llama_dir: Path, tmp_path: Path
 ) -> None:
-    from bake.judge import run_judge
-    from bake.judge_backends import PatternJudge
+    from bake.judges.backends import PatternJudge
+    from bake.stages.judge import run_judge
 
     model, tok = loaded
     options = SamplingOptions(k=2, max_new_tokens=5, think_end="</think>")

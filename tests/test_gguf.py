@@ -12,12 +12,15 @@ from typing import Any
 import numpy as np
 import pytest
 
+from bake.artifacts.plan import Plan, make_plan
+from bake.artifacts.vectors import SteeringVectors
 from bake.errors import InputError, PlanMismatchError, UnsupportedError
-from bake.plan import Plan, make_plan
-from bake.vectors import Fingerprint, SteeringVectors
-from export.gguf_verify import REL_TOLERANCE, verify_gguf
-from export.gguf_writer import STEERBAKE_PLAN_KEY, convert_to_gguf, write_plan_control_vector
-from export.llama_runtime import LlamaRuntime
+from bake.files.gguf_file import STEERBAKE_PLAN_KEY
+from bake.model.fingerprint import Fingerprint
+from bake.runtime.llama import LlamaRuntime
+from export.llamacpp.cvec import write_plan_control_vector
+from export.llamacpp.verify import REL_TOLERANCE, verify_gguf
+from export.llamacpp.writer import convert_to_gguf
 from tests.conftest import run_cli, tree_digest
 from tests.tiny_models import build_model, random_raw_vectors
 
@@ -115,7 +118,7 @@ def test_gguf_reader_parses_our_files(
 ) -> None:
     import gguf
 
-    from bake.checkpoint import open_checkpoint
+    from bake.model.checkpoint import open_checkpoint
 
     model_dir = request.getfixturevalue(f"{family}_dir")
     out = convert_to_gguf(model_dir, tmp_path / "m.gguf").output
@@ -170,8 +173,8 @@ def test_weight_types_permutation_and_tied_embeddings(
     import torch
     from safetensors.torch import load_file
 
-    from bake.checkpoint import open_checkpoint
-    from export.gguf_writer import permute_rows
+    from bake.model.checkpoint import open_checkpoint
+    from export.llamacpp.writer import permute_rows
 
     src = llama_tied_bf16_sharded_dir
     ckpt = open_checkpoint(src)
@@ -225,7 +228,7 @@ def _torch_cast(bits: np.ndarray, src: str, dst: str) -> np.ndarray:
 
 
 def _writer_cast(bits: np.ndarray, src: str, dst: str) -> np.ndarray:
-    from export.gguf_writer import convert_elements
+    from export.llamacpp.writer import convert_elements
 
     out = np.empty(bits.size * np.dtype(_TORCH_BITS[dst]).itemsize, dtype=np.uint8)
     convert_elements(bits, src, dst, out)
@@ -326,7 +329,7 @@ def test_baked_hf_checkpoint_converts_exactly(
 ) -> None:
     """steerbake bake (HF bias route) then steerbake gguf: llama.cpp runs the baked
     checkpoint as transformers does (its mlp biases map to ffn_*.bias)."""
-    from bake.fold import bake_model
+    from bake.stages.bake import bake_model
 
     baked = bake_model(llama_dir, work["llama_plan"], tmp_path / "baked").output
     out = convert_to_gguf(baked, tmp_path / "baked.gguf").output
@@ -404,7 +407,7 @@ def test_verify_detects_wrong_steering(
 ) -> None:
     """A control vector that does not hold the plan's vectors (here: half strength) is
     refused before any model runs; a baked GGUF never takes a control vector."""
-    from bake.control_vector import read_control_vector, write_control_vector
+    from bake.artifacts.control_vector import read_control_vector, write_control_vector
 
     half = {k: v * 0.5 for k, v in read_control_vector(work["qwen3_cvec"]).items()}
     write_control_vector(tmp_path / "half.gguf", half, "qwen3", 4)
@@ -420,7 +423,7 @@ def test_verify_detects_wrong_steering(
 
 def test_control_vector_loader_rules(work: dict[str, Path], qwen3_dir: Path) -> None:
     """scale multiplies; direction.N past the last block is ignored, as in llama.cpp."""
-    from bake.control_vector import read_control_vector
+    from bake.artifacts.control_vector import read_control_vector
 
     cv = read_control_vector(work["qwen3_cvec"])
     _, ids = chat_ids(qwen3_dir, CHAT_PROMPTS[0])

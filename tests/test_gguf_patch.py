@@ -15,13 +15,15 @@ from typing import Any
 import numpy as np
 import pytest
 
+from bake.artifacts.plan import Plan, make_plan
+from bake.artifacts.vectors import SteeringVectors
 from bake.errors import InputError, OutputError, PlanMismatchError, UnsupportedError
-from bake.plan import Plan, make_plan
-from bake.vectors import Fingerprint, SteeringVectors
-from export.gguf_patch import PHASE, patch_gguf, read_layout
-from export.gguf_verify import REL_TOLERANCE, compare_lossy
-from export.gguf_writer import STEERBAKE_PLAN_KEY, convert_to_gguf
-from export.quantize import quantize_gguf
+from bake.files.gguf_file import STEERBAKE_PLAN_KEY, read_layout
+from bake.model.fingerprint import Fingerprint
+from export.llamacpp.patch import PHASE, patch_gguf
+from export.llamacpp.quantize import quantize_gguf
+from export.llamacpp.verify import REL_TOLERANCE, compare_lossy
+from export.llamacpp.writer import convert_to_gguf
 from tests.conftest import run_cli
 from tests.tiny_models import CORPUS, build_model, random_raw_vectors
 
@@ -60,7 +62,7 @@ def hf_logits(work: dict[str, Any]) -> dict[str, Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from bake.hooks import steering
+    from bake.runtime.hooks import steering
 
     tok = AutoTokenizer.from_pretrained(work["model"])
     ids = [list(tok(text, add_special_tokens=False).input_ids) for text in PROBES]
@@ -75,7 +77,7 @@ def hf_logits(work: dict[str, Any]) -> dict[str, Any]:
 
 
 def llama_logits(path: Path, ids: list[list[int]]) -> list[np.ndarray]:
-    from export.llama_runtime import LlamaRuntime
+    from bake.runtime.llama import LlamaRuntime
 
     with LlamaRuntime(path, n_ctx=128) as rt:
         return [rt.logits(x) for x in ids]

@@ -18,22 +18,15 @@ from pathlib import Path
 
 import pytest
 
+from bake.artifacts.answers import read_answers
 from bake.errors import InputError
-from bake.generate import SamplingOptions, read_answers
-from bake.judge import (
-    CALIBRATION_SETS,
-    RUBRIC_VERSION,
-    aggregate,
-    band_label,
-    calibrate,
-    load_labelled,
-    parse_verdict,
-    pattern_verdict,
-    shipped_set,
-)
-from bake.judge_backends import PatternJudge
-from bake.judge_cache import JudgeCache
-from bake.judge_pattern import _normalise, looks_corrupted
+from bake.judges.backends import PatternJudge
+from bake.judges.cache import JudgeCache
+from bake.judges.calibration import CALIBRATION_SETS, calibrate, load_labelled, shipped_set
+from bake.judges.pattern import _normalise, looks_corrupted, pattern_verdict
+from bake.judges.rubric import RUBRIC_VERSION, parse_verdict
+from bake.judges.scoring import aggregate, band_label
+from bake.runtime.sampling import SamplingOptions
 from tests.conftest import run_cli, steerbake_exe
 
 RUBRIC_KINDS = (
@@ -279,7 +272,7 @@ def test_server_down_fails_after_the_retries(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- real server
 @pytest.fixture(scope="module")
 def tiny_gguf(llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from export.gguf_writer import convert_to_gguf
+    from export.llamacpp.writer import convert_to_gguf
 
     return convert_to_gguf(llama_dir, tmp_path_factory.mktemp("gguf") / "tiny.gguf").output
 
@@ -480,8 +473,8 @@ def test_generate_through_the_server(llama_server: str, tmp_path: Path) -> None:
 
 
 def test_local_gguf_backends(tiny_gguf: Path) -> None:
-    from bake.generate import LlamaCppBackend
-    from bake.judge_backends import LlamaCppJudge
+    from bake.judges.backends import LlamaCppJudge
+    from bake.runtime.sampling import LlamaCppBackend
 
     answers = LlamaCppBackend(tiny_gguf, n_ctx=512).sample(
         ["How do I bake bread?"], SamplingOptions(k=2, max_new_tokens=5)
@@ -494,7 +487,7 @@ def test_local_gguf_backends(tiny_gguf: Path) -> None:
 
 
 def test_transformers_judge(llama_dir: Path) -> None:
-    from bake.judge_backends import make_judge
+    from bake.judges.backends import make_judge
 
     judge = make_judge("transformers", model=str(llama_dir), max_tokens=6)
     verdict, reply = judge.judge("How do I bake bread?", "Mix and bake.")

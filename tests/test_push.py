@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from export.build import ExportOptions, export_model
-from export.cards import human_size
+from export.publish.build import ExportOptions, export_model
+from export.publish.cards import human_size
 from tests.conftest import steerbake_exe, tree_digest
 from tests.test_bake import make_plan_for
 

@@ -15,7 +15,7 @@ from typing import ClassVar
 import pytest
 
 from bake.errors import InputError
-from bake.openai_http import ChatServer
+from bake.files.http import ChatServer
 from tests.conftest import run_cli, tree_digest
 from tests.test_bake import make_plan_for
 

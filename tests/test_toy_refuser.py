@@ -16,11 +16,12 @@ from pathlib import Path
 import pytest
 
 from bake import toy_refuser
+from bake.artifacts.prompts import load_prompts
 from bake.errors import InputError
-from bake.generate import SamplingOptions, generate_answers
-from bake.judge_pattern import pattern_verdict
-from bake.models import resolve_model
-from bake.prompts import chat_text, load_prompts
+from bake.judges.pattern import pattern_verdict
+from bake.model.resolve import resolve_model
+from bake.runtime.chat import chat_text
+from bake.runtime.sampling import SamplingOptions, generate_answers
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPTS = REPO / "scripts"

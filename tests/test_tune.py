@@ -8,10 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bake.arch import arch_spec
+from bake.artifacts.tuning import Trial, _Cache
+from bake.artifacts.vectors import SteeringVectors
 from bake.errors import InputError
-from bake.tune import Trial, _Cache, layer_counts, pick_best, ranked_layers
-from bake.vectors import Fingerprint, SteeringVectors
+from bake.model.arch import arch_spec
+from bake.model.fingerprint import Fingerprint
+from bake.stages.tune import layer_counts, pick_best, ranked_layers
 
 
 def _vectors(n_layers: int, r: dict[int, float]) -> SteeringVectors:
@@ -114,10 +116,11 @@ class _FakeSearch:
 
 
 def test_search_bisects_where_the_guard_broke(monkeypatch: pytest.MonkeyPatch) -> None:
-    import bake.tune
-    from bake.tune import TuneSettings, run_search
+    import bake.stages.tune
+    from bake.artifacts.tuning import TuneSettings
+    from bake.stages.tune import run_search
 
-    monkeypatch.setattr(bake.tune, "_Search", _FakeSearch)
+    monkeypatch.setattr(bake.stages.tune, "_Search", _FakeSearch)
     settings = TuneSettings(layer_counts=(1,), alphas=(0.1, 0.2, 0.3, 0.4), refine=4)
     vecs = _vectors(6, {1: 0.9})
     result = run_search(
@@ -140,7 +143,8 @@ def test_search_bisects_where_the_guard_broke(monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_a_plan_that_does_not_reach_the_goal_is_refused(tmp_path: Path) -> None:
-    from bake.tune import TuneResult, TuneSettings, check_goal_reached
+    from bake.artifacts.tuning import TuneResult, TuneSettings
+    from bake.stages.tune import check_goal_reached
 
     flat = TuneResult(TuneSettings(goal="induce"), [0], {"target": 0.0, "benign": 0.0})
     flat.best = _t(0.0, 0.0, 0.001, 1, 0.025)
@@ -157,7 +161,8 @@ def test_a_plan_that_does_not_reach_the_goal_is_refused(tmp_path: Path) -> None:
 def test_remove_guards_harmful_and_benign_refusal() -> None:
     """Removing refusal must keep harmful refusal and must not derail benign answers (the
     judge counts corrupted text as refusal, which the first-token KL cannot see)."""
-    from bake.tune import TuneSettings, _Search
+    from bake.artifacts.tuning import TuneSettings
+    from bake.stages.tune import _Search
 
     search = object.__new__(_Search)
     search.s = TuneSettings(harmful_tolerance=0.1, benign_tolerance=0.1)

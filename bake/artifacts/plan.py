@@ -1,0 +1,226 @@
+"""The steering plan: one typed object that drives hooks, bake, verify, GGUF and cards.
+
+JSON on disk:
+  {"format": "steerbake.plan/1",
+   "vectors": {"path": "vectors.safetensors", "sha256": "..."},   # relative to the plan
+   "layers": [1, 3, 4, 5], "alpha": -0.15, "layer_multipliers": {"3": 0.5},
+   "site": "block_output",
+   "model": {"architecture": "llama", "hidden_size": 64, "num_layers": 4},
+   "provenance": {...}}
+Layer l receives  v_l = alpha * m_l * s_l * u_l  (m_l = 1 unless a multiplier is set).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bake.artifacts.vectors import SITE_BLOCK_OUTPUT, SteeringVectors
+from bake.errors import InputError, PlanMismatchError
+from bake.files.fileio import atomic_write_path, sha256_file
+from bake.model.fingerprint import Fingerprint
+
+FORMAT = "steerbake.plan/1"
+
+
+def parse_layers(text: str) -> list[int]:
+    """'1,3-5' -> [1, 3, 4, 5] (0-based, ranges inclusive, sorted, unique)."""
+    layers: set[int] = set()
+    for part in (p.strip() for p in str(text).split(",")):
+        if not part:
+            continue
+        try:
+            if "-" in part[1:]:
+                lo, hi = (int(x) for x in part.split("-", 1))
+                if hi < lo:
+                    raise ValueError
+                layers.update(range(lo, hi + 1))
+            else:
+                layers.add(int(part))
+        except ValueError:
+            raise InputError(
+                f"bad layer list {text!r}: use numbers and inclusive ranges such as 1,3-5"
+            ) from None
+    if not layers:
+        raise InputError("the layer list is empty: pass e.g. --layers 3-5")
+    return sorted(layers)
+
+
+def format_layers(layers: list[int]) -> str:
+    """[1, 3, 4, 5] -> '1,3-5'."""
+    parts, run = [], [layers[0]] if layers else []
+    for layer in layers[1:]:
+        if layer == run[-1] + 1:
+            run.append(layer)
+        else:
+            parts.append(run)
+            run = [layer]
+    if run:
+        parts.append(run)
+    return ",".join(str(r[0]) if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in parts)
+
+
+@dataclass
+class Plan:
+    vectors_path: str
+    vectors_sha256: str
+    layers: list[int]
+    alpha: float
+    model: Fingerprint
+    layer_multipliers: dict[int, float] = field(default_factory=dict)
+    site: str = SITE_BLOCK_OUTPUT
+    provenance: dict[str, Any] = field(default_factory=dict)
+    base_dir: Path = field(default=Path("."), compare=False)  # folder the plan lives in
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        n = self.model.num_layers
+        if not self.layers:
+            raise InputError("plan has no layers")
+        bad = [layer for layer in self.layers if not 0 <= layer < n]
+        if bad:
+            raise InputError(f"plan layer(s) {bad} out of range: the model has layers 0-{n - 1}")
+        values = [self.alpha, *self.layer_multipliers.values()]
+        if not all(math.isfinite(float(v)) for v in values):
+            raise InputError("plan alpha or a layer multiplier is NaN or Inf; use finite values")
+        extra = sorted(set(self.layer_multipliers) - set(self.layers))
+        if extra:
+            raise InputError(f"layer multipliers for layers {extra} not in the plan's layers")
+        if self.site != SITE_BLOCK_OUTPUT:
+            raise InputError(f"unknown site {self.site!r}: only {SITE_BLOCK_OUTPUT!r} is supported")
+
+    @property
+    def vectors_file(self) -> Path:
+        return (self.base_dir / self.vectors_path).resolve()
+
+    def load_vectors(self) -> SteeringVectors:
+        """The vector file, checked against the recorded sha256 and fingerprint."""
+        path = self.vectors_file
+        if not path.is_file():
+            raise InputError(
+                f"the plan's vector file {path} is missing; keep it beside the "
+                "plan or rewrite the plan with `steerbake plan`"
+            )
+        digest = sha256_file(path)
+        if digest != self.vectors_sha256:
+            raise PlanMismatchError(
+                f"{path} changed since the plan was written (sha256 "
+                f"{digest[:12]} != {self.vectors_sha256[:12]}); rewrite "
+                "the plan with `steerbake plan`"
+            )
+        vectors = SteeringVectors.load(path)
+        vectors.fingerprint.check(self.model, f"vector file {path}")
+        missing = [layer for layer in self.layers if layer not in vectors.directions]
+        if missing:
+            raise InputError(f"the vector file has no vectors for plan layers {missing}")
+        return vectors
+
+    def steering_vectors(self, vectors: SteeringVectors | None = None) -> dict[int, np.ndarray]:
+        """layer -> v_l = alpha * m_l * s_l * u_l, float64 (d,)."""
+        vectors = vectors or self.load_vectors()
+        return {
+            layer: self.alpha * self.layer_multipliers.get(layer, 1.0) * vectors.vector(layer)
+            for layer in self.layers
+        }
+
+    def check_model(self, fingerprint: Fingerprint) -> None:
+        self.model.check(fingerprint, "the plan")
+
+    def to_json(self) -> dict[str, Any]:
+        from bake import __version__
+
+        return {
+            "format": FORMAT,
+            "steerbake_version": __version__,
+            "vectors": {"path": self.vectors_path, "sha256": self.vectors_sha256},
+            "layers": self.layers,
+            "alpha": self.alpha,
+            "layer_multipliers": {str(k): v for k, v in sorted(self.layer_multipliers.items())},
+            "site": self.site,
+            "model": {
+                "architecture": self.model.architecture,
+                "hidden_size": self.model.hidden_size,
+                "num_layers": self.model.num_layers,
+            },
+            "provenance": self.provenance,
+        }
+
+    def save(self, path: Path) -> None:
+        """Write the plan; the vector path is stored relative to the plan's folder."""
+        path = Path(path)
+        rel = os.path.relpath(self.vectors_file, path.resolve().parent)
+        data = self.to_json()
+        data["vectors"]["path"] = Path(rel).as_posix()
+        with atomic_write_path(path) as tmp:
+            tmp.write_text(json.dumps(data, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> Plan:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise InputError(f"plan {path} not found") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise InputError(f"plan {path} is not valid JSON ({e})") from None
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise InputError(
+                f"{path} is not a steerbake plan (format {FORMAT}); write one with `steerbake plan`"
+            )
+        try:
+            return cls(
+                vectors_path=data["vectors"]["path"],
+                vectors_sha256=data["vectors"]["sha256"],
+                layers=[int(x) for x in data["layers"]],
+                alpha=float(data["alpha"]),
+                model=Fingerprint(**data["model"]),
+                layer_multipliers={
+                    int(k): float(v) for k, v in data.get("layer_multipliers", {}).items()
+                },
+                site=data.get("site", SITE_BLOCK_OUTPUT),
+                provenance=data.get("provenance", {}),
+                base_dir=path.resolve().parent,
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise InputError(
+                f"plan {path} is malformed ({type(e).__name__}: {e}); rewrite "
+                "it with `steerbake plan`"
+            ) from None
+
+
+def make_plan(
+    vectors_path: Path,
+    layers: list[int],
+    alpha: float,
+    layer_multipliers: dict[int, float] | None = None,
+    provenance: dict[str, Any] | None = None,
+) -> Plan:
+    """A plan over an existing vector file (its fingerprint and provenance carried over)."""
+    vectors_path = Path(vectors_path).resolve()
+    vectors = SteeringVectors.load(vectors_path)
+    missing = [layer for layer in layers if layer not in vectors.directions]
+    if missing and all(0 <= m < vectors.fingerprint.num_layers for m in missing):
+        raise InputError(
+            f"{vectors_path} has no vectors for layers {missing}; it has "
+            f"{format_layers(vectors.layers)}"
+        )
+    prov = {"method": vectors.method, **vectors.provenance, **(provenance or {})}
+    return Plan(
+        vectors_path=str(vectors_path),
+        vectors_sha256=sha256_file(vectors_path),
+        layers=layers,
+        alpha=float(alpha),
+        model=vectors.fingerprint,
+        layer_multipliers=dict(layer_multipliers or {}),
+        site=vectors.site,
+        provenance=prov,
+        base_dir=Path("/"),
+    )

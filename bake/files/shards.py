@@ -1,0 +1,98 @@
+"""safetensors files as bytes: the header (the first 8 + N bytes: tensor names, dtypes,
+shapes, offsets), and memory-mapped byte ranges of tensors."""
+
+from __future__ import annotations
+
+import json
+import mmap
+import struct
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bake.errors import InputError
+
+_MAX_HEADER = 100 * 1024 * 1024
+
+
+# safetensors dtype tag -> bytes per element
+DTYPE_SIZES = {
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U8": 1,
+    "BOOL": 1,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+}
+
+
+TORCH_DTYPE_NAMES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}
+
+
+@dataclass
+class ShardHeader:
+    """A parsed safetensors header: tensors, metadata and where the data begins."""
+
+    path: Path
+    tensors: dict[str, dict[str, Any]]
+    metadata: dict[str, str]
+    data_start: int  # byte offset of the data section: 8 + header length
+
+
+def read_header(path: Path) -> ShardHeader:
+    """Parse and sanity-check a safetensors header; a bad one names the file and the fix."""
+    fix = "the file is damaged or incomplete: download or copy it again"
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            raw_len = f.read(8)
+            if len(raw_len) < 8:
+                raise InputError(f"{path}: not a safetensors file (shorter than 8 bytes); {fix}")
+            (n,) = struct.unpack("<Q", raw_len)
+            if n == 0 or n > _MAX_HEADER or 8 + n > size:
+                raise InputError(f"{path}: corrupted safetensors header (length {n}); {fix}")
+            header = json.loads(f.read(n))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InputError(f"{path}: corrupted safetensors header ({e}); {fix}") from None
+    except FileNotFoundError:
+        raise InputError(f"{path}: file not found") from None
+    if not isinstance(header, dict):
+        raise InputError(f"{path}: corrupted safetensors header (not a JSON object); {fix}")
+    metadata = header.pop("__metadata__", None) or {}
+    data_len = size - 8 - n
+    for name, t in header.items():
+        try:
+            begin, end = t["data_offsets"]
+            ok = 0 <= begin <= end <= data_len and t["dtype"] in DTYPE_SIZES
+        except (KeyError, TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise InputError(f"{path}: corrupted safetensors header at tensor {name!r}; {fix}")
+    return ShardHeader(path, header, metadata, 8 + n)
+
+
+class MappedShards:
+    """Memory-mapped safetensors shards of one folder; raw(name) is a tensor's bytes."""
+
+    def __init__(self, headers: dict[str, ShardHeader], stack: ExitStack) -> None:
+        self.maps: dict[str, mmap.mmap] = {}
+        self.where: dict[str, tuple[str, int, int]] = {}  # tensor -> (shard, begin, end)
+        for shard, header in headers.items():
+            f = stack.enter_context(open(header.path, "rb"))  # noqa: SIM115
+            self.maps[shard] = stack.enter_context(
+                mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            )
+            for name, t in header.tensors.items():
+                begin, end = t["data_offsets"]
+                self.where[name] = (shard, header.data_start + begin, header.data_start + end)
+
+    def raw(self, name: str) -> memoryview:
+        shard, begin, end = self.where[name]
+        return memoryview(self.maps[shard])[begin:end]

@@ -1,0 +1,87 @@
+"""Measuring refusal, shared by `tune` and `evaluate`: answers are generated (greedy by
+default), judged and aggregated into c(x) per prompt; the refusal rate of a set is the share
+of its prompts with c(x) > band (DESIGN.md)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bake.artifacts.prompts import Prompt, load_prompts
+from bake.judges.backends import make_judge
+from bake.judges.scoring import aggregate, judge_pairs
+from bake.runtime.sampling import SamplingOptions, generate_answers
+
+DEFAULT_DECODING = SamplingOptions(k=1, max_new_tokens=48, greedy=True)
+
+
+@dataclass
+class Measurer:
+    """How answers are produced and judged when measuring refusal."""
+
+    judge: Any = field(default_factory=lambda: make_judge("pattern"))
+    sampling: SamplingOptions = DEFAULT_DECODING
+    band: float = 0.1
+    batch_size: int = 16
+
+    def describe(self) -> dict[str, Any]:
+        s = self.sampling
+        return {
+            "judge": getattr(self.judge, "model_id", type(self.judge).__name__),
+            "decoding": "greedy" if s.greedy else f"{s.k} samples at temperature 1",
+            "max_new_tokens": s.max_new_tokens,
+            "band": self.band,
+        }
+
+
+@dataclass
+class SetResult:
+    name: str
+    scores: list[float | None]
+    answers: list[str]  # first answer per prompt, for reports
+    band: float
+
+    @property
+    def refusal_rate(self) -> float:
+        return sum(s is not None and s > self.band for s in self.scores) / len(self.scores)
+
+    def summary(self) -> dict[str, Any]:
+        scored = [s for s in self.scores if s is not None]
+        return {
+            "n": len(self.scores),
+            "scored": len(scored),
+            "refusal_rate": self.refusal_rate,
+            "compliance_rate": sum(s < -self.band for s in scored) / len(self.scores),
+        }
+
+
+def measure_refusal(
+    model: Any, tokenizer: Any, name: str, prompts: Sequence[Prompt], m: Measurer
+) -> SetResult:
+    """Generate, judge and aggregate c(x) for every prompt of one set."""
+    samples = generate_answers(
+        model, tokenizer, [p.text for p in prompts], options=m.sampling, batch_size=m.batch_size
+    )
+    pairs = [(p.text, s.text) for p, group in zip(prompts, samples, strict=True) for s in group]
+    verdicts, _ = judge_pairs(m.judge, pairs)
+    scores = []
+    for p, group in zip(prompts, samples, strict=True):
+        scorable = [s for s in group if s.scorable]
+        score, _ = aggregate(
+            [s.mean_logprob for s in scorable], [verdicts[(p.text, s.text)] for s in scorable]
+        )
+        scores.append(score)
+    return SetResult(name, scores, [g[0].text for g in samples], m.band)
+
+
+def read_sets(files: Sequence[Path]) -> dict[str, list[Prompt]]:
+    """Prompt sets named by file stem (heldout_sensitive.jsonl -> heldout_sensitive)."""
+    sets: dict[str, list[Prompt]] = {}
+    for f in files:
+        name = Path(f).stem
+        if name in sets:
+            name = f"{name}-{len(sets)}"
+        sets[name] = load_prompts(Path(f))
+    return sets

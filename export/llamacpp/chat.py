@@ -1,0 +1,63 @@
+"""`steerbake chat`: talk to a GGUF in llama.cpp with its own chat template, optionally
+with a control vector applied to every token."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from bake.runtime.llama import LlamaRuntime
+
+
+def chat(
+    gguf_path: Path,
+    *,
+    control_vector: Path | None = None,
+    scale: float = 1.0,
+    prompt: str | None = None,
+    max_tokens: int = 256,
+    temperature: float = 0.7,
+    n_ctx: int = 2048,
+    seed: int = 0,
+    write: Any = None,
+    read: Any = input,
+) -> None:
+    """`steerbake chat`: one reply to `prompt`, or a loop reading user turns from stdin.
+    write(text, newline) prints; read(prompt) returns the next user turn (EOFError ends)."""
+    write = write or _print
+    with LlamaRuntime(
+        gguf_path, n_ctx=n_ctx, control_vector=control_vector, scale=scale, seed=seed
+    ) as rt:
+        if rt.ignored_blocks:
+            write(
+                f"note: llama.cpp ignores direction.{rt.ignored_blocks} (past the last "
+                "block that takes a control vector)",
+                True,
+            )
+        messages: list[dict[str, str]] = []
+        turns = [prompt] if prompt is not None else None
+        while True:
+            if turns is not None:
+                if not turns:
+                    return
+                text = turns.pop()
+            else:
+                try:
+                    text = read("> ")
+                except EOFError:
+                    return
+                if text.strip() in ("/exit", "/quit"):
+                    return
+            messages.append({"role": "user", "content": text})
+            reply = ""
+            for piece in rt.stream_chat(
+                messages, max_tokens=max_tokens, temperature=temperature, seed=seed
+            ):
+                reply += piece
+                write(piece, False)
+            write("", True)
+            messages.append({"role": "assistant", "content": reply})
+
+
+def _print(text: str, newline: bool) -> None:
+    print(text, end="\n" if newline else "", flush=True)

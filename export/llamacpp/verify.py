@@ -1,0 +1,541 @@
+"""Prove a GGUF's steering in llama.cpp: the three checks of the GGUF issue.
+
+  (1) unsteered:   our unsteered GGUF in llama.cpp  vs  transformers (no steering)
+  (2) routes:      baked GGUF (ffn_down bias)       vs  unsteered GGUF + control vector
+  (3) reference:   baked GGUF, or GGUF + control vector  vs  transformers + hooks
+                   (bake.hooks.steering, vectors rounded to the checkpoint dtype)
+
+Every run is float32 with an f32 KV cache, on the same token ids (transformers' tokenization
+of the chat-formatted probes). For F32 GGUFs a check passes when
+  max |delta logit| <= 5e-5 * max(1, max |reference logit|)
+over all positions and greedy continuations are identical (a divergence where the reference's
+top-2 margin is below the tolerance is a near-tie and does not fail). For F16/BF16 GGUFs,
+(1) and (3) report top-1 agreement and mean KL(reference || GGUF) over all positions
+instead of tight bounds, passing at mean KL <= MAX_MEAN_KL (top-1 agreement is reported, not
+gated: on flat distributions rounding flips near-tied argmaxes while KL stays ~1e-6). (2)
+does the same for them: llama.cpp rounds activations to 16 bits at every F16/BF16 matmul, so
+a bias added inside the block and a vector added after it differ by ~1e-3 there (measured on
+the tiny Llama: max 7e-4, mean 3e-6) while they agree to ~1e-6 in F32. llama.cpp's
+tokenization of each probe must equal transformers'.
+
+The GGUF missing from the pair (the unsteered one for a baked GGUF, the baked one for a
+control vector) is written to a temporary folder beside the GGUF under test.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bake.artifacts.plan import Plan, format_layers
+from bake.errors import InputError, PlanMismatchError
+from bake.stages.verify import greedy_record
+from export.llamacpp.writer import OUT_TYPES
+
+REL_TOLERANCE = 5e-5
+
+
+MAX_MEAN_KL = 0.01  # F16/BF16 builds: mean KL(reference || GGUF) in nats per position
+
+
+@dataclass
+class GgufInfo:
+    """What the verifier needs from a GGUF header."""
+
+    arch: str
+    n_layer: int
+    n_embd: int
+    out_type: str  # F32, F16, BF16 (type of the 2-D weights)
+    bias_blocks: list[int]  # blocks with blk.N.ffn_down.bias
+
+
+def inspect_gguf(path: Path) -> GgufInfo:
+    from bake.files.gguf_file import open_gguf, string_field
+
+    reader = open_gguf(Path(path))
+    arch = string_field(reader, "general.architecture") or ""
+    if arch == "controlvector":
+        raise InputError(
+            f"{path} is a control vector, not a model GGUF; pass the model GGUF "
+            "and the control vector with --control-vector"
+        )
+
+    def number(key: str) -> int:
+        field = reader.get_field(f"{arch}.{key}")
+        if field is None:
+            raise InputError(f"{path}: no {arch}.{key} key; not a model GGUF")
+        return int(field.contents())
+
+    types = {t.tensor_type.name for t in reader.tensors if len(t.shape) == 2}
+    bias = sorted(
+        int(t.name.split(".")[1])
+        for t in reader.tensors
+        if t.name.startswith("blk.") and t.name.endswith(".ffn_down.bias")
+    )
+    return GgufInfo(
+        arch,
+        number("block_count"),
+        number("embedding_length"),
+        "F32" if types <= {"F32"} else "/".join(sorted(types)),
+        bias,
+    )
+
+
+# --------------------------------------------------------------------------- comparisons
+def compare_exact(
+    name: str, ref: list[np.ndarray], got: list[np.ndarray], greedy: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """Tight logit bound plus greedy agreement (near-ties allowed)."""
+    diffs = np.concatenate([np.abs(g - r).reshape(-1) for r, g in zip(ref, got, strict=True)])
+    max_logit = max(float(np.abs(r).max()) for r in ref)
+    tol = REL_TOLERANCE * max(1.0, max_logit)
+    for g in greedy:
+        if not g["identical"]:
+            g["near_tie"] = g["top2_margin"] is not None and g["top2_margin"] < tol
+    hard = [g["id"] for g in greedy if not g["identical"] and not g["near_tie"]]
+    return {
+        "name": name,
+        "mode": "exact",
+        "max_abs_diff": float(diffs.max()),
+        "mean_abs_diff": float(diffs.mean()),
+        "max_abs_logit": max_logit,
+        "tolerance": tol,
+        "greedy_identical": sum(g["identical"] for g in greedy),
+        "greedy_near_ties": sum(bool(g.get("near_tie")) for g in greedy),
+        "greedy_diverged": hard,
+        "greedy": greedy,
+        "passed": float(diffs.max()) <= tol and not hard,
+    }
+
+
+def compare_lossy(
+    name: str, ref: list[np.ndarray], got: list[np.ndarray], greedy: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """Top-1 agreement and mean KL(ref || got) over all positions (F16/BF16 builds)."""
+    r = np.concatenate(ref).astype(np.float64)
+    g = np.concatenate(got).astype(np.float64)
+    log_p = r - _logsumexp(r)
+    log_q = g - _logsumexp(g)
+    kl = (np.exp(log_p) * (log_p - log_q)).sum(axis=-1)
+    top1 = float((r.argmax(-1) == g.argmax(-1)).mean())
+    diffs = np.abs(g - r)
+    return {
+        "name": name,
+        "mode": "lossy",
+        "top1_agreement": top1,
+        "mean_kl": float(kl.mean()),
+        "max_kl": float(kl.max()),
+        "max_abs_diff": float(diffs.max()),
+        "mean_abs_diff": float(diffs.mean()),
+        "max_mean_kl": MAX_MEAN_KL,
+        "greedy_identical": sum(x["identical"] for x in greedy),
+        "greedy": greedy,
+        "passed": float(kl.mean()) <= MAX_MEAN_KL,
+    }
+
+
+def _logsumexp(x: np.ndarray) -> np.ndarray:
+    m = x.max(axis=-1, keepdims=True)
+    return m + np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
+
+
+# --------------------------------------------------------------------------- runs
+@dataclass
+class Probes:
+    ids: list[tuple[str, str, list[int]]]  # (id, text, transformers token ids)
+    stop_ids: tuple[int, ...]
+    max_new_tokens: int
+
+    @property
+    def n_ctx(self) -> int:
+        return max(len(x) for _, _, x in self.ids) + self.max_new_tokens + 8
+
+
+@dataclass
+class Run:
+    """Logits of every probe and greedy continuations (with per-step logits)."""
+
+    logits: list[np.ndarray]
+    greedy: list[list[int]]
+    steps: list[list[np.ndarray]]
+
+
+def transformers_runs(
+    src: Path, vectors: dict[int, np.ndarray], probes: Probes, hook_dtype: str
+) -> tuple[Run, Run]:
+    """(base, hooked) in float32; the hook adds each vector rounded to `hook_dtype` (the
+    checkpoint dtype, as a baked bias holds it)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from bake.runtime.hooks import steering
+
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
+    runs = []
+    for hooked in (False, True):
+        run = Run([], [], [])
+        with (
+            torch.no_grad(),
+            (
+                steering(model, vectors, getattr(torch, hook_dtype))
+                if hooked
+                else contextlib.nullcontext()
+            ),
+        ):
+            for _, _, ids in probes.ids:
+                _hf_greedy(model, ids, probes, run)
+        runs.append(run)
+    return runs[0], runs[1]
+
+
+def _hf_greedy(model: Any, ids: list[int], probes: Probes, run: Run) -> None:
+    """Append the prompt's logits (all positions), the greedy continuation and the logits
+    that chose each token (KV cache, argmax each step, stop after a stop token)."""
+    import torch
+
+    out = model(input_ids=torch.tensor([ids]), use_cache=True)
+    run.logits.append(out.logits[0].float().numpy())
+    step = out.logits[0, -1].float()
+    tokens: list[int] = []
+    steps: list[np.ndarray] = []
+    for _ in range(probes.max_new_tokens):
+        token = int(step.argmax())
+        tokens.append(token)
+        steps.append(step.numpy())
+        if token in probes.stop_ids:
+            break
+        out = model(
+            input_ids=torch.tensor([[token]]), past_key_values=out.past_key_values, use_cache=True
+        )
+        step = out.logits[0, -1].float()
+    run.greedy.append(tokens)
+    run.steps.append(steps)
+
+
+def llama_run(
+    gguf_path: Path, probes: Probes, control_vector: Any = None
+) -> tuple[Run, list[bool]]:
+    """Logits, greedy continuations and tokenization agreement in llama.cpp."""
+    from bake.runtime.llama import LlamaRuntime
+
+    with LlamaRuntime(gguf_path, n_ctx=probes.n_ctx, control_vector=control_vector) as rt:
+        logits = [rt.logits(ids) for _, _, ids in probes.ids]
+        greedy = [
+            rt.greedy(ids, probes.max_new_tokens, probes.stop_ids) for _, _, ids in probes.ids
+        ]
+        tokens_equal = [rt.tokenize(text) == ids for _, text, ids in probes.ids]
+    return Run(logits, greedy, []), tokens_equal
+
+
+def _greedy_vs(probes: Probes, ref: Run, got: Run) -> list[dict[str, Any]]:
+    return [
+        greedy_record(pid, r, steps, g)
+        for (pid, _, _), r, steps, g in zip(
+            probes.ids, ref.greedy, ref.steps, got.greedy, strict=True
+        )
+    ]
+
+
+def _gguf_steps(run: Run, probes: Probes, gguf_path: Path) -> Run:
+    """Per-step logits of a llama.cpp greedy run (the reference side of check (2))."""
+    from bake.runtime.llama import LlamaRuntime
+
+    steps = []
+    with LlamaRuntime(gguf_path, n_ctx=probes.n_ctx) as rt:
+        for (_, _, ids), cont in zip(probes.ids, run.greedy, strict=True):
+            full = rt.logits(ids + cont)
+            steps.append([full[len(ids) - 1 + i] for i in range(len(cont))])
+    return Run(run.logits, run.greedy, steps)
+
+
+# --------------------------------------------------------------------------- entry point
+def verify_gguf(
+    model_dir: str | Path | None,
+    plan: Plan | str | Path,
+    gguf_path: str | Path,
+    *,
+    control_vector: str | Path | None = None,
+    prompts: Path | None = None,
+    max_new_tokens: int = 32,
+) -> dict[str, Any]:
+    """Run the three checks for a baked GGUF, or a GGUF plus control vector; JSON report."""
+    from transformers import AutoTokenizer
+
+    from bake.files.tensor_bytes import round_to
+    from bake.model.checkpoint import fingerprint_of, open_checkpoint
+    from bake.model.resolve import resolve_model
+    from bake.stages.verify import probe_texts
+    from export.llamacpp.writer import convert_to_gguf
+
+    src = resolve_model(model_dir)
+    ckpt = open_checkpoint(src)
+    plan_obj = plan if isinstance(plan, Plan) else Plan.load(Path(plan))
+    plan_obj.check_model(fingerprint_of(ckpt))
+    gguf_path = Path(gguf_path)
+    info = inspect_gguf(gguf_path)
+    _check_gguf_matches(info, ckpt, gguf_path)
+    kind = _kind(info, control_vector, plan_obj, gguf_path)
+    raw = plan_obj.steering_vectors()
+    vectors = {k: round_to(v, ckpt.dtype) for k, v in raw.items()}
+    hook_dtype = ckpt.torch_dtype_name  # the hook adds v rounded to the checkpoint dtype
+    cv_report: dict[str, Any] = {}
+    if control_vector is not None:
+        cv_report = check_control_vector(Path(control_vector), raw, ckpt, info)
+        if cv_report["rounding"] == "float32":  # written without --model: unrounded vectors
+            vectors = {k: np.asarray(v, dtype=np.float32) for k, v in raw.items()}
+            hook_dtype = "float32"
+
+    tok = AutoTokenizer.from_pretrained(src)
+    probes = _probes(tok, prompts, max_new_tokens, probe_texts)
+    base_hf, hooked_hf = transformers_runs(src, vectors, probes, hook_dtype)
+    # the companion GGUF (unsteered or baked) is written in the type under test when we can
+    pair_type = info.out_type if info.out_type in OUT_TYPES else "F32"
+    with tempfile.TemporaryDirectory(prefix=".steerbake-verify-", dir=gguf_path.parent) as tmp:
+        companion = Path(tmp) / "companion.gguf"
+        if kind == "baked":
+            convert_to_gguf(src, companion, pair_type)
+            steered, tokens_ok = llama_run(gguf_path, probes)
+            unsteered, _ = llama_run(companion, probes)
+            baked_side = (steered, gguf_path)
+            routed = None if 0 in vectors else llama_run(companion, probes, vectors)[0]
+            unsteered_type = pair_type
+        else:
+            unsteered, tokens_ok = llama_run(gguf_path, probes)
+            steered, _ = llama_run(gguf_path, probes, Path(str(control_vector)))
+            routed = steered
+            baked_side = None
+            if ckpt.spec.gguf_bias_slot:
+                convert_to_gguf(src, companion, pair_type, plan_obj)
+                baked_side = (llama_run(companion, probes)[0], companion)
+            unsteered_type = info.out_type
+        comparisons = {
+            "unsteered_vs_transformers": _comparator(unsteered_type)(
+                "(1) unsteered GGUF vs transformers",
+                base_hf.logits,
+                unsteered.logits,
+                _greedy_vs(probes, base_hf, unsteered),
+            )
+        }
+        if baked_side is not None and routed is not None:
+            ref_run = _gguf_steps(baked_side[0], probes, baked_side[1])
+            comparisons["baked_vs_control_vector"] = _comparator(info.out_type)(
+                "(2) baked GGUF vs unsteered GGUF + control vector",
+                ref_run.logits,
+                routed.logits,
+                _greedy_vs(probes, ref_run, routed),
+            )
+    comparisons["steered_vs_hooks"] = _comparator(info.out_type)(
+        f"(3) {'baked GGUF' if kind == 'baked' else 'GGUF + control vector'} vs "
+        "transformers + hooks",
+        hooked_hf.logits,
+        steered.logits,
+        _greedy_vs(probes, hooked_hf, steered),
+    )
+    return build_report(
+        kind,
+        info,
+        src,
+        gguf_path,
+        control_vector,
+        plan_obj,
+        probes,
+        comparisons,
+        tokens_ok,
+        cv_report,
+        base_hf,
+        hooked_hf,
+    )
+
+
+def _comparator(gguf_type: str) -> Any:
+    """Tight bounds for F32 weights; agreement and KL for F16/BF16 (and anything lossier)."""
+    return compare_exact if gguf_type == "F32" else compare_lossy
+
+
+def _probes(tok: Any, prompts: Path | None, max_new_tokens: int, probe_texts: Any) -> Probes:
+    items = []
+    for pid, text in probe_texts(tok, prompts):
+        ids = tok(text, add_special_tokens=False).input_ids
+        if not ids:
+            raise InputError(f"probe {pid} tokenizes to nothing; remove empty prompts")
+        items.append((pid, text, list(ids)))
+    eos = tok.eos_token_id
+    stop = tuple(eos) if isinstance(eos, list) else ((eos,) if eos is not None else ())
+    return Probes(items, stop, max_new_tokens)
+
+
+def _check_gguf_matches(info: GgufInfo, ckpt: Any, path: Path) -> None:
+    spec = ckpt.spec
+    if (info.arch, info.n_layer, info.n_embd) != (
+        spec.gguf_arch,
+        ckpt.num_layers,
+        ckpt.hidden_size,
+    ):
+        raise PlanMismatchError(
+            f"{path} is arch {info.arch} with {info.n_layer} blocks of width {info.n_embd}; "
+            f"the model is {spec.gguf_arch} with {ckpt.num_layers} of {ckpt.hidden_size}: "
+            "verify the GGUF against the model it was written from"
+        )
+
+
+def _kind(info: GgufInfo, control_vector: Any, plan: Plan, path: Path) -> str:
+    if info.bias_blocks and control_vector is not None:
+        raise InputError(
+            f"{path} already carries steering (ffn_down biases on blocks "
+            f"{format_layers(info.bias_blocks)}); a control vector ships only "
+            "beside an unsteered GGUF, or the steering applies twice"
+        )
+    if control_vector is not None:
+        return "control-vector"
+    if not info.bias_blocks:
+        raise InputError(
+            f"{path} carries no steering: write it with `steerbake gguf MODEL "
+            "--plan PLAN`, or verify an unsteered GGUF with --control-vector"
+        )
+    if info.bias_blocks != sorted(plan.layers):
+        raise PlanMismatchError(
+            f"{path} has steering biases on blocks "
+            f"{format_layers(info.bias_blocks)} but the plan steers "
+            f"{format_layers(plan.layers)}: it was baked from another plan"
+        )
+    return "baked"
+
+
+def check_control_vector(
+    path: Path, raw: dict[int, np.ndarray], ckpt: Any, info: GgufInfo
+) -> dict[str, Any]:
+    """The control vector holds the plan's vectors (rounded to the checkpoint dtype, or
+    float32 when written without the model), for this model."""
+    from bake.artifacts.control_vector import load_control_vector
+    from bake.files.tensor_bytes import round_to
+
+    vectors = {k: round_to(v, ckpt.dtype) for k, v in raw.items()}
+    cv = load_control_vector(path)
+    if sorted(cv.directions) != sorted(vectors):
+        raise PlanMismatchError(
+            f"{path} steers blocks {format_layers(sorted(cv.directions))} "
+            f"but the plan steers {format_layers(sorted(vectors))}: write "
+            "it from this plan with `steerbake cvec`"
+        )
+    if cv.n_embd != ckpt.hidden_size:
+        raise PlanMismatchError(
+            f"{path} has vectors of length {cv.n_embd}; the model's hidden "
+            f"size is {ckpt.hidden_size}"
+        )
+    diff = max(float(np.abs(cv.directions[k] - vectors[k]).max()) for k in vectors)
+    diff_f32 = max(float(np.abs(cv.directions[k] - np.float32(raw[k])).max()) for k in raw)
+    scale = max(float(np.abs(v).max()) for v in vectors.values())
+    if min(diff, diff_f32) > 1e-2 * scale:  # beyond any rounding: another plan's vectors
+        raise PlanMismatchError(
+            f"{path} holds other vectors than the plan (max difference "
+            f"{diff:.3g}); write it from this plan with `steerbake cvec`"
+        )
+    rounding = "checkpoint dtype" if diff <= diff_f32 else "float32"
+    return {
+        "model_hint": cv.model_hint,
+        "hint_matches": cv.model_hint in (None, info.arch),
+        "rounding": rounding,
+        "max_diff_vs_plan": min(diff, diff_f32),
+    }
+
+
+def build_report(
+    kind: str,
+    info: GgufInfo,
+    src: Path,
+    gguf_path: Path,
+    control_vector: Any,
+    plan: Plan,
+    probes: Probes,
+    comparisons: dict[str, dict[str, Any]],
+    tokens_ok: list[bool],
+    cv_report: dict[str, Any],
+    base: Run,
+    hooked: Run,
+) -> dict[str, Any]:
+    effect = max(
+        float(np.abs(h - b).max()) for h, b in zip(hooked.logits, base.logits, strict=True)
+    )
+    tokenization = {
+        "identical": sum(tokens_ok),
+        "prompts": len(tokens_ok),
+        "mismatched": [
+            pid for (pid, _, _), ok in zip(probes.ids, tokens_ok, strict=True) if not ok
+        ],
+    }
+    checks = [
+        {"name": c["name"], "ok": c["passed"], "detail": _detail(c)} for c in comparisons.values()
+    ]
+    checks.append(
+        {
+            "name": "tokenization (llama.cpp vs transformers)",
+            "ok": not tokenization["mismatched"],
+            "detail": f"{tokenization['identical']}/{tokenization['prompts']} identical",
+        }
+    )
+    if cv_report:
+        checks.append(
+            {
+                "name": "control vector holds the plan's vectors",
+                "ok": True,
+                "detail": f"max diff {cv_report['max_diff_vs_plan']:.3g} "
+                f"({cv_report['rounding']}), hint {cv_report['model_hint']}",
+            }
+        )
+    if "baked_vs_control_vector" not in comparisons:
+        why = (
+            f"llama.cpp's {info.arch} has no bias slot, the control vector is the only route"
+            if kind == "control-vector"
+            else "the plan steers block 0, which no control vector reaches"
+        )
+        checks.append(
+            {"name": "(2) baked GGUF vs control vector", "ok": True, "detail": f"skipped: {why}"}
+        )
+    main = comparisons["steered_vs_hooks"]
+    report: dict[str, Any] = {
+        "check": "gguf",
+        "runtime": "llama.cpp",
+        "kind": kind,
+        "model": str(src),
+        "gguf": str(gguf_path),
+        "control_vector": str(control_vector) if control_vector else None,
+        "arch": info.arch,
+        "out_type": info.out_type,
+        "layers": format_layers(plan.layers),
+        "alpha": plan.alpha,
+        "prompts": len(probes.ids),
+        "max_new_tokens": probes.max_new_tokens,
+        "rel_tolerance": REL_TOLERANCE,
+        "effect_max": effect,
+        "comparisons": comparisons,
+        "tokenization": tokenization,
+        "control_vector_check": cv_report or None,
+        "checks": checks,
+        "passed": all(c["ok"] for c in checks),
+    }
+    if main["mode"] == "exact":
+        report.update(
+            max_abs_diff=main["max_abs_diff"],
+            mean_abs_diff=main["mean_abs_diff"],
+            tolerance=main["tolerance"],
+        )
+    return report
+
+
+def _detail(c: dict[str, Any]) -> str:
+    n = len(c["greedy"])
+    if c["mode"] == "exact":
+        return (
+            f"max {c['max_abs_diff']:.3g} mean {c['mean_abs_diff']:.3g} (tolerance "
+            f"{c['tolerance']:.3g}); greedy {c['greedy_identical']}/{n} identical, "
+            f"{c['greedy_near_ties']} near-ties"
+        )
+    return (
+        f"mean KL {c['mean_kl']:.3g} (<= {MAX_MEAN_KL}), top-1 agreement "
+        f"{c['top1_agreement']:.3f}; greedy {c['greedy_identical']}/{n} identical"
+    )

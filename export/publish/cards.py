@@ -1,0 +1,442 @@
+"""Model cards for exported builds: YAML metadata (huggingface_hub's ModelCardData) plus
+Markdown from the Jinja template in model_cards/, rendered with ModelCard.from_template.
+
+Everything a card says comes from its inputs (the plan, the verify and tuning reports, the
+files written, the source model's own card); nothing comes from the clock or the machine, so
+one input always renders the same bytes.
+
+Where the facts come from (each optional; a missing one is said to be unrecorded):
+  plan.provenance: method, options.{lam, lambda_mode, covariance}, position and
+    counts.{refusal, compliant, neutral, heldout} (from `fit`); tuning.{goal, baseline,
+    chosen, trials, prompt_sets, judge, decoding} (from `tune`); judge, rubric_version.
+  evaluation report (`steerbake evaluate` JSON): sets.{name}.{before, after}.{n,
+    refusal_rate}, kl.{set}, judge, decoding. Without one, the card shows the tuning
+    record's before/after on the tuning sets and says so.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bake.artifacts.plan import Plan, format_layers
+from bake.artifacts.vectors import SteeringVectors
+from bake.errors import InputError
+
+CARD_FILE = "README.md"
+
+
+TEMPLATE = "steered_model.md.jinja"
+
+
+PIPELINE_TAG = "text-generation"
+
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+_CACHE_DIR = re.compile(r"^models--([^/]+?)--(.+)$")  # huggingface_hub cache layout
+
+
+# kind -> (library_name, base_model_relation, extra tags)
+KINDS: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "checkpoint": ("transformers", "finetune", ("transformers", "safetensors")),
+    "adapter": ("peft", "adapter", ("peft", "lora")),
+    "gguf": ("llama-cpp-python", "quantized", ("gguf", "llama.cpp")),
+}
+
+
+METHOD_NAMES = {
+    "md": "MD (difference of class means)",
+    "rmd": "RMD (ridge-regularised mean difference)",
+    "wrmd": "WRMD (ridge-regularised, each prompt weighted by its absolute refusal score)",
+    "imported": "imported vectors",
+    "raw": "raw vectors",
+}
+
+
+# --------------------------------------------------------------------------- source record
+@dataclass(frozen=True)
+class SourceRecord:
+    """What the source model says about itself: Hub id, license, languages."""
+
+    base_model: str | None  # Hub id, e.g. "meta-llama/Llama-3.2-1B-Instruct"
+    name: str  # short name used in file names and prose
+    license: str | None = None
+    license_name: str | None = None
+    license_link: str | None = None
+    language: list[str] | None = None
+    warnings: tuple[str, ...] = ()
+
+
+def check_hub_id(text: str, what: str) -> str:
+    if not HUB_ID.match(text) or ".." in text or "--" in text:
+        raise InputError(f"{what} {text!r} is not a Hub id; use ORG/NAME, e.g. Qwen/Qwen3-0.6B")
+    return text
+
+
+def source_record(src: Path, model_spec: str | None, base_model_id: str | None) -> SourceRecord:
+    """Hub id from --base-model-id, the MODEL argument, the cache path or config
+    `_name_or_path` (first found); license and language from the source's README front
+    matter. The README's own `base_model` names the source's parent, not the source, so it
+    is never taken as the id."""
+    warnings: list[str] = []
+    hub_id = check_hub_id(base_model_id, "--base-model-id") if base_model_id else None
+    hub_id = hub_id or _id_from_spec(model_spec) or _id_from_cache_path(src)
+    hub_id = hub_id or _id_from_config(src)
+    if hub_id is None:
+        warnings.append(
+            "the source model's Hub id is unknown, so the cards carry no base_model; "
+            "pass --base-model-id ORG/NAME"
+        )
+    meta = _front_matter(src / CARD_FILE)
+    name = hub_id.split("/")[-1] if hub_id else _folder_name(src, model_spec)
+    language = meta.get("language")
+    if isinstance(language, str):
+        language = [language]
+    return SourceRecord(
+        base_model=hub_id,
+        name=name,
+        license=_str_or_none(meta.get("license")),
+        license_name=_str_or_none(meta.get("license_name")),
+        license_link=_str_or_none(meta.get("license_link")),
+        language=[str(x) for x in language] if isinstance(language, list) else None,
+        warnings=tuple(warnings),
+    )
+
+
+def _id_from_spec(spec: str | None) -> str | None:
+    if spec is None or Path(spec).expanduser().exists():
+        return None
+    return spec if HUB_ID.match(spec) else None
+
+
+def _id_from_cache_path(src: Path) -> str | None:
+    """.../models--ORG--NAME/snapshots/<commit> -> ORG/NAME."""
+    parts = src.resolve().parts
+    for i, part in enumerate(parts[:-2]):
+        m = _CACHE_DIR.match(part)
+        if m and parts[i + 1] == "snapshots":
+            return f"{m.group(1)}/{m.group(2)}"
+    return None
+
+
+def _id_from_config(src: Path) -> str | None:
+    import json
+
+    try:
+        value = json.loads((src / "config.json").read_text(encoding="utf-8")).get("_name_or_path")
+    except (OSError, ValueError):
+        return None
+    if not isinstance(value, str) or value.startswith(("/", ".", "~")) or Path(value).exists():
+        return None
+    return value if HUB_ID.match(value) else None
+
+
+def _front_matter(readme: Path) -> dict[str, Any]:
+    if not readme.is_file():
+        return {}
+    from huggingface_hub.repocard import metadata_load
+
+    try:
+        return metadata_load(readme) or {}
+    except Exception:  # a malformed card in the source must not stop an export
+        return {}
+
+
+def _folder_name(src: Path, spec: str | None) -> str:
+    from bake.model.resolve import TOY_NAME
+
+    return TOY_NAME if spec in (None, TOY_NAME) else src.resolve().name
+
+
+def _str_or_none(value: Any) -> str | None:
+    return str(value) if isinstance(value, str | int | float) and str(value) else None
+
+
+# --------------------------------------------------------------------------- card inputs
+@dataclass(frozen=True)
+class FileEntry:
+    path: str  # relative to the folder, posix
+    size: int
+    sha256: str
+
+    @property
+    def human_size(self) -> str:
+        return human_size(self.size)
+
+
+@dataclass
+class CardInput:
+    """Everything one card states. `kind`: checkpoint | adapter | gguf."""
+
+    kind: str
+    name: str  # folder / repo name
+    source: SourceRecord
+    plan: Plan
+    vectors: SteeringVectors
+    route: str  # checkpoint: bias | adapter; gguf: bias | control-vector
+    steerbake_version: str
+    files: list[FileEntry]
+    verify: dict[str, Any] | None = None  # PyTorch report (checkpoint, adapter)
+    gguf_verify: dict[str, dict[str, Any]] = field(default_factory=dict)  # file -> report
+    gguf_notes: list[str] = field(default_factory=list)  # why a type or check was skipped
+    evaluation: dict[str, Any] | None = None  # `steerbake evaluate` report
+    control_vector: str | None = None  # file name beside unsteered GGUFs
+    companion: str | None = None  # the other folder of the export (NAME or NAME-GGUF)
+    num_layers: int = 0
+    hidden_size: int = 0
+    architecture: str = ""
+    base_gguf: str | None = None  # --base-gguf file name (patch path)
+
+
+def human_size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n} B" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000  # type: ignore[assignment]
+    raise AssertionError("unreachable")
+
+
+def cell(value: Any) -> str:
+    """Text safe inside a Markdown table cell: no pipes, no line breaks."""
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _num(x: Any, fmt: str = ".3g") -> str:
+    return "n/a" if x is None else format(float(x), fmt)
+
+
+def _pct(x: Any) -> str:
+    return "n/a" if x is None else f"{100 * float(x):.1f}%"
+
+
+# --------------------------------------------------------------------------- facts -> text
+def steering_rows(card: CardInput) -> list[dict[str, str]]:
+    """Per steered layer: scale s_l, multiplier m_l and |v_l| = |alpha * m_l * s_l|."""
+    rows = []
+    for layer in card.plan.layers:
+        m = card.plan.layer_multipliers.get(layer, 1.0)
+        s = card.vectors.scales[layer]
+        rows.append(
+            {
+                "layer": str(layer),
+                "scale": _num(s, ".4g"),
+                "multiplier": _num(m, "g"),
+                "norm": _num(abs(card.plan.alpha * m * s), ".4g"),
+            }
+        )
+    return rows
+
+
+def method_text(prov: dict[str, Any]) -> str:
+    method = str(prov.get("method", "unrecorded"))
+    text = METHOD_NAMES.get(method, method)
+    opts = prov.get("options") or {}
+    if method in ("rmd", "wrmd") and "lam" in opts:
+        mode = opts.get("lambda_mode", "relative")
+        unit = " x trace(Sigma)/d" if mode == "relative" else " (absolute)"
+        text += f"; lambda = {_num(opts['lam'], 'g')}{unit}"
+        if opts.get("covariance"):
+            text += f", covariance of the {opts['covariance']} set"
+    return text
+
+
+def provenance_facts(prov: dict[str, Any], evaluation: dict[str, Any] | None) -> dict[str, str]:
+    """The "how it was obtained" table: judge, rubric, prompt sets, how layers were chosen."""
+    tuning = prov.get("tuning") or {}
+    judge = prov.get("judge") or tuning.get("judge") or (evaluation or {}).get("judge")
+    if isinstance(judge, dict):
+        judge = judge.get("model") or judge.get("name")
+    rubric = prov.get("rubric_version") or tuning.get("rubric_version")
+    counts = prov.get("counts") or {}
+    sets = prov.get("prompt_sets") or tuning.get("prompt_sets") or {}
+    if tuning:
+        chosen = (
+            f"`steerbake tune`, goal {tuning.get('goal', 'remove')}, "
+            f"{tuning.get('trials', 'n/a')} configurations tried"
+        )
+    else:
+        chosen = "by hand (the plan has no tuning record)"
+    facts = {
+        "judge": str(judge) if judge else "not recorded in the plan",
+        "rubric": str(rubric) if rubric else "not recorded in the plan",
+        "decoding": str(tuning.get("decoding") or (evaluation or {}).get("decoding") or "n/a"),
+        "position": str(prov.get("position") or "not recorded"),
+        "fit_sets": (
+            ", ".join(
+                f"{k} {counts[k]}"
+                for k in ("refusal", "compliant", "neutral", "heldout")
+                if k in counts
+            )
+            or "not recorded"
+        ),
+        "prompt_sets": ", ".join(f"{k} {v}" for k, v in sorted(sets.items())) or "not recorded",
+        "chosen_by": chosen,
+    }
+    return {k: cell(v) for k, v in facts.items()}
+
+
+def evaluation_rows(
+    evaluation: dict[str, Any] | None, prov: dict[str, Any]
+) -> tuple[str | None, list[dict[str, str]], list[str]]:
+    """(source of the numbers, per-set refusal rows, KL lines): from an evaluation report
+    (`steerbake evaluate`) when one was given, else from the plan's tuning record."""
+    if evaluation and evaluation.get("sets"):
+        rows = [
+            {
+                "set": cell(name),
+                "n": str((s.get("before") or {}).get("n", "n/a")),
+                "before": _pct((s.get("before") or {}).get("refusal_rate")),
+                "after": _pct((s.get("after") or {}).get("refusal_rate")),
+            }
+            for name, s in sorted(evaluation["sets"].items())
+        ]
+        kl = [
+            f"{name}: {_num(v, '.4g')}" for name, v in sorted((evaluation.get("kl") or {}).items())
+        ]
+        return "evaluation", rows, kl
+    tuning = prov.get("tuning") or {}
+    chosen, baseline = tuning.get("chosen") or {}, tuning.get("baseline") or {}
+    if not chosen:
+        return None, [], []
+    goal = tuning.get("goal", "remove")
+    primary, guard = ("sensitive", "harmful") if goal == "remove" else ("target", "benign")
+    sizes = tuning.get("prompt_sets") or {}
+    rows = [
+        {
+            "set": name,
+            "n": str(sizes.get(name, "n/a")),
+            "before": _pct(baseline.get(name)),
+            "after": _pct(chosen.get(key)),
+        }
+        for name, key in ((primary, "primary"), (guard, "guard"))
+    ]
+    kl = [f"benign: {_num(chosen.get('kl'), '.4g')}"] if chosen.get("kl") is not None else []
+    return "tuning", rows, kl
+
+
+def verify_row(report: dict[str, Any]) -> dict[str, str]:
+    greedy = (
+        f"{report['greedy_identical']}/{report['prompts']}"
+        if "greedy_identical" in report and "prompts" in report
+        else "n/a"
+    )
+    return {
+        "runtime": str(report.get("runtime", report.get("check", "n/a"))),
+        "dtype": str(report.get("dtype", "n/a")),
+        "device": str(report.get("device", "n/a")),
+        "prompts": str(report.get("prompts", "n/a")),
+        "max": _num(report.get("max_abs_diff")),
+        "mean": _num(report.get("mean_abs_diff")),
+        "tolerance": _num(report.get("tolerance")),
+        "greedy": greedy,
+        "near_ties": str(report.get("greedy_near_ties", 0)),
+        "effect": _num(report.get("effect_max")),
+        "result": "PASS" if report.get("passed") else "FAIL",
+    }
+
+
+# --------------------------------------------------------------------------- rendering
+def card_data(card: CardInput) -> Any:
+    from huggingface_hub import ModelCardData
+
+    library, relation, extra = KINDS[card.kind]
+    tags = ["steering", "refusal-steering", "steerbake", *extra, card.architecture]
+    if card.kind == "gguf" and card.route == "control-vector":
+        tags.append("control-vector")
+    src = card.source
+    fields: dict[str, Any] = {
+        "base_model": src.base_model,
+        "library_name": library,
+        "license": src.license,
+        "license_name": src.license_name,
+        "license_link": src.license_link,
+        "language": src.language,
+        "pipeline_tag": PIPELINE_TAG,
+        "tags": list(dict.fromkeys(t for t in tags if t)),
+    }
+    if src.base_model:  # not a named ModelCardData field: passed as an extra key
+        fields["base_model_relation"] = relation
+    return ModelCardData(**fields)
+
+
+def template_values(card: CardInput) -> dict[str, Any]:
+    plan = card.plan
+    eval_source, eval_rows, kl = evaluation_rows(card.evaluation, plan.provenance)
+    gguf_files = [f for f in card.files if f.path.endswith(".gguf")]
+    models = [f.path for f in gguf_files if f.path != card.control_vector]
+    return {
+        "kind": card.kind,
+        "name": card.name,
+        "route": card.route,
+        "base_model": card.source.base_model,
+        "base_display": _base_display(card.source),
+        "source_name": card.source.name,
+        "architecture": card.architecture,
+        "num_layers": card.num_layers,
+        "hidden_size": card.hidden_size,
+        "layers": format_layers(plan.layers),
+        "n_steered": len(plan.layers),
+        "alpha": _num(plan.alpha, "g"),
+        "lowers_refusal": plan.alpha < 0,
+        "site": plan.site,
+        "method": cell(method_text(plan.provenance)),
+        "eval_judge": cell((card.evaluation or {}).get("judge", "not recorded")),
+        "eval_decoding": cell((card.evaluation or {}).get("decoding", "not recorded")),
+        "fitted": plan.provenance.get("method") in ("md", "rmd", "wrmd"),
+        "steering_rows": steering_rows(card),
+        "prov": provenance_facts(plan.provenance, card.evaluation),
+        "eval_source": eval_source,
+        "eval_rows": eval_rows,
+        "kl": kl,
+        "verify": verify_row(card.verify) if card.verify else None,
+        "gguf_verify": [
+            {"file": name, "checks": r.get("checks", []), "passed": bool(r.get("passed"))}
+            for name, r in sorted(card.gguf_verify.items())
+        ],
+        "gguf_notes": card.gguf_notes,
+        "gguf_rel_tol": _num(
+            next((r.get("rel_tolerance") for r in card.gguf_verify.values()), None), "g"
+        ),
+        "files": card.files,
+        "gguf_models": models,
+        "example_gguf": _example_gguf(models),
+        "control_vector": card.control_vector,
+        "companion": card.companion,
+        "base_gguf": card.base_gguf,
+        "version": card.steerbake_version,
+    }
+
+
+def _base_display(src: SourceRecord) -> str:
+    if src.base_model:
+        return f"[{src.base_model}](https://huggingface.co/{src.base_model})"
+    return f"the source model ({src.name})"
+
+
+def _example_gguf(models: list[str]) -> str:
+    """The file the usage examples load: F16 if present, else the first."""
+    return next((m for m in models if m.endswith("-F16.gguf")), models[0] if models else "")
+
+
+def render_card(card: CardInput) -> str:
+    """The README.md text: YAML front matter, then the Markdown body, newline-terminated."""
+    from huggingface_hub import ModelCard
+
+    from model_cards import template_path
+
+    rendered = ModelCard.from_template(
+        card_data(card), template_path=str(template_path(TEMPLATE)), **template_values(card)
+    )
+    text = re.sub(r"\n{3,}", "\n\n", str(rendered)).rstrip("\n") + "\n"
+    ModelCard(text)  # invalid metadata fails here, before the file is written
+    return text
+
+
+def write_card(folder: Path, card: CardInput) -> Path:
+    path = Path(folder) / CARD_FILE
+    path.write_text(render_card(card), encoding="utf-8")
+    return path
