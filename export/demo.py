@@ -13,11 +13,14 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from bake.errors import InputError
+
+if TYPE_CHECKING:
+    from bake.artifacts.steering import Steering
 
 HELDOUT = ("heldout_sensitive", "heldout_harmful", "heldout_benign")
 TUNING = {"sensitive": "tune_sensitive", "harmful": "tune_harmful", "benign": "tune_benign"}
@@ -100,13 +103,14 @@ def run_demo(
 
 
 def _pipeline(model: Path, out: Path, cfg: DemoConfig) -> dict[str, Any]:
+    from bake.artifacts.steering import open_steering
     from bake.artifacts.tuning import ALPHA_MAGNITUDES, TuneSettings
     from bake.judges.backends import make_judge
     from bake.runtime.sampling import SamplingOptions, TransformersBackend
-    from bake.stages.bake import bake_model
-    from bake.stages.collect import collect
+    from bake.stages.bake import run_bake
+    from bake.stages.collect import run_collect
     from bake.stages.evaluate import run_evaluate
-    from bake.stages.fit import FitOptions, fit
+    from bake.stages.fit import FitOptions, run_fit
     from bake.stages.generate import run_generate
     from bake.stages.judge import run_judge
     from bake.stages.measure import Measurer
@@ -131,9 +135,9 @@ def _pipeline(model: Path, out: Path, cfg: DemoConfig) -> dict[str, Any]:
     with _step(2, "judge: refusal scores c(x) (pattern judge with the toy's lexicon)"):
         run_judge(out / "answers.jsonl", out / "scores.jsonl", judge, cache_path=None)
     with _step(3, "activations at every block output"):
-        collect(model, sets["fit"], out / "activations", dtype="float32")
+        run_collect(model, sets["fit"], out / "activations", dtype="float32")
     with _step(4, "WRMD steering vectors"):
-        fit(
+        run_fit(
             out / "activations",
             out / "scores.jsonl",
             out / "vectors.safetensors",
@@ -155,17 +159,18 @@ def _pipeline(model: Path, out: Path, cfg: DemoConfig) -> dict[str, Any]:
             report_dir=out / "tuning",
         )
     with _step(6, "bake: bias terms into a new checkpoint"):
-        bake_model(model, out / "plan.json", out / "baked")
+        steering = open_steering(model, out / "plan.json")
+        run_bake(steering, out / "baked")
     with _step(7, "verify: baked == hooked"):
-        report = run_verify(model, out / "plan.json", out / "baked")
+        report = run_verify(steering, out / "baked").to_json()
         (out / "verify_report.json").write_text(json.dumps(report, indent=2) + "\n")
     with _step(8, "evaluate the baked model on the held-out sets"):
         evaluation = run_evaluate(
             model, [sets[n] for n in HELDOUT], baked=out / "baked", measurer=measurer
-        )
+        ).to_json()
         (out / "evaluation.json").write_text(json.dumps(evaluation, indent=2) + "\n")
     with _step(9, "export: safetensors + GGUF builds with cards, checked in llama.cpp"):
-        exported = _export(model, out, sets["heldout_sensitive"])
+        exported = _export(steering, out, sets["heldout_sensitive"])
     best = tuned.best
     assert best is not None
     keys = ("passed", "max_abs_diff", "mean_abs_diff", "tolerance", "greedy_identical", "prompts")
@@ -192,12 +197,13 @@ def _pipeline(model: Path, out: Path, cfg: DemoConfig) -> dict[str, Any]:
     }
 
 
-def _export(model: Path, out: Path, sensitive: Path) -> dict[str, Any]:
-    """export_model into out/export, then one held-out sensitive prompt answered by the
+def _export(steering: Steering, out: Path, sensitive: Path) -> dict[str, Any]:
+    """run_export into out/export, then one held-out sensitive prompt answered by the
     exported GGUF in llama.cpp (greedy)."""
     from bake.artifacts.prompts import load_prompts
     from bake.runtime.llama import LlamaRuntime
-    from export.publish.build import ExportOptions, export_model
+    from export.publish.build import run_export
+    from export.publish.job import ExportOptions
 
     opts = ExportOptions(
         name="toy-refuser-steered",
@@ -205,7 +211,7 @@ def _export(model: Path, out: Path, sensitive: Path) -> dict[str, Any]:
         eval_report=out / "evaluation.json",
         progress=False,
     )
-    result = export_model(model, out / "plan.json", out / "export", opts)
+    result = run_export(steering, out / "export", opts)
     gguf = next((out / "export").glob("*-GGUF/*.gguf"))
     prompt = load_prompts(sensitive)[0].text
     with LlamaRuntime(gguf) as runtime:

@@ -9,10 +9,8 @@ from pathlib import Path
 import pytest
 
 from bake.model.checkpoint import open_checkpoint
-from bake.stages.bake import bake_model
-from bake.stages.verify import run_verify
-from bake.stages.verify_static import verify_static
 from tests.conftest import tree_digest
+from tests.pipeline import bake_model, verify_baked, verify_static
 from tests.test_bake import assert_close, bake_checked, make_plan_for
 
 
@@ -25,7 +23,7 @@ def test_adapter_equals_hooked(
     plan = make_plan_for(src, tmp_path / "plan", [0, 2, 3], alpha=-0.4)
     out = tmp_path / "adapter"
     assert bake_model(src, plan, out).route == "adapter"
-    report = run_verify(src, plan, out)
+    report = verify_baked(src, plan, out)
     print(
         f"{fixture} adapter: max |dlogit| {report['max_abs_diff']:.3g} mean "
         f"{report['mean_abs_diff']:.3g} effect {report['effect_max']:.3g}"
@@ -105,6 +103,6 @@ def test_link_mode(llama_tied_bf16_sharded_dir: Path, tmp_path: Path) -> None:
     sums = (out / "SHA256SUMS").read_text()
     assert "model-00001-of-00007" not in sums and "model-steering-bias.safetensors" in sums
     assert json.loads((out / "steering" / "bake.json").read_text())["linked"] is True
-    assert_close(run_verify(src, plan, out, max_new_tokens=8), "link mode")
+    assert_close(verify_baked(src, plan, out, max_new_tokens=8), "link mode")
     assert verify_static(src, plan, out)["passed"]
     assert tree_digest(src) == before

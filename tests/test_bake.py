@@ -15,9 +15,8 @@ from bake.artifacts.vectors import SteeringVectors
 from bake.errors import OutputError, VerificationError
 from bake.model.checkpoint import open_checkpoint
 from bake.model.fingerprint import Fingerprint
-from bake.stages.bake import bake_model
-from bake.stages.verify import run_verify
 from tests.conftest import tree_digest
+from tests.pipeline import bake_model, plan_vectors, verify_baked
 from tests.tiny_models import random_raw_vectors
 
 
@@ -63,7 +62,7 @@ def test_baked_equals_hooked(fixture: str, request: pytest.FixtureRequest, tmp_p
     out = tmp_path / "baked"
     result = bake_model(src, plan, out)
     assert result.route == "bias"
-    report = run_verify(src, plan, out)
+    report = verify_baked(src, plan, out)
     print(
         f"{fixture}: max |dlogit| {report['max_abs_diff']:.3g} mean "
         f"{report['mean_abs_diff']:.3g} effect {report['effect_max']:.3g}"
@@ -81,7 +80,7 @@ def test_baked_loads_without_missing_or_unexpected_keys(llama_dir: Path, tmp_pat
     plan, _ = bake_checked(llama_dir, tmp_path, [1])
     model, info = AutoModelForCausalLM.from_pretrained(tmp_path / "baked", output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"], info
-    vectors = Plan.load(plan).steering_vectors()
+    vectors = plan_vectors(plan)
     got = model.model.layers[1].mlp.down_proj.bias.detach().numpy()
     np.testing.assert_allclose(got, vectors[1].astype(np.float32), rtol=0, atol=0)
     assert torch.count_nonzero(model.model.layers[0].mlp.down_proj.bias) == 0
@@ -130,7 +129,7 @@ def test_verify_catches_a_wrong_bias(llama_dir: Path, tmp_path: Path) -> None:
     plan = make_plan_for(llama_dir, tmp_path / "p1", [1], alpha=-0.3)
     other = make_plan_for(llama_dir, tmp_path / "p2", [1], alpha=-0.25)
     bake_model(llama_dir, plan, tmp_path / "baked")
-    report = run_verify(llama_dir, other, tmp_path / "baked", max_new_tokens=4)
+    report = verify_baked(llama_dir, other, tmp_path / "baked", max_new_tokens=4)
     assert not report["passed"]
     assert report["max_abs_diff"] > report["tolerance"]
 
@@ -142,7 +141,7 @@ def test_verify_rejects_bias_dropped_by_transformers(llama_dir: Path, tmp_path: 
     cfg["mlp_bias"] = False
     (out / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(VerificationError, match="does not load cleanly"):
-        run_verify(llama_dir, plan, out, max_new_tokens=2)
+        verify_baked(llama_dir, plan, out, max_new_tokens=2)
 
 
 def test_interrupted_bake_leaves_nothing(

@@ -14,9 +14,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bake.artifacts.plan import Plan, make_plan
+from bake.artifacts.plan import make_plan
+from bake.artifacts.reports import (
+    Check,
+    EvaluationReport,
+    RefusalSummary,
+    SetEvaluation,
+    VerifyReport,
+)
+from bake.artifacts.steering import Steering, open_plan_only
 from bake.artifacts.vectors import SteeringVectors
 from bake.model.fingerprint import Fingerprint
+from export.llamacpp.verify import GgufVerifyReport, Tokenization
 from export.publish.cards import (
     CardInput,
     FileEntry,
@@ -31,59 +40,82 @@ GOLDEN = Path(__file__).parent / "golden"
 REPO = Path(__file__).resolve().parents[1]
 UPDATE = os.environ.get("STEERBAKE_UPDATE_GOLDEN") == "1"
 
-VERIFY_REPORT = {
-    "check": "pytorch",
-    "runtime": "transformers",
-    "kind": "checkpoint",
-    "dtype": "float32",
-    "device": "cpu",
-    "prompts": 8,
-    "tolerance": 0.00031,
-    "rel_tolerance": 1e-4,
-    "max_abs_diff": 1.07e-06,
-    "mean_abs_diff": 1.28e-07,
-    "max_abs_logit": 3.1,
-    "effect_max": 2.63,
-    "effect_mean": 0.41,
-    "effect_negligible": False,
-    "greedy_identical": 8,
-    "greedy_near_ties": 0,
-    "passed": True,
-}
-GGUF_REPORT = {
-    "check": "gguf",
-    "runtime": "llama.cpp",
-    "out_type": "F16",
-    "rel_tolerance": 5e-05,
-    "passed": True,
-    "checks": [
-        {
-            "name": "(1) unsteered GGUF vs transformers",
-            "ok": True,
-            "detail": "top-1 agreement 1.000 (>= 0.9), mean KL 2.8e-07 (<= 0.01)",
-        },
-        {
-            "name": "(3) GGUF + control vector vs transformers + hooks",
-            "ok": True,
-            "detail": "top-1 agreement 1.000 (>= 0.9), mean KL 1.6e-07 (<= 0.01)",
-        },
+VERIFY_REPORT = VerifyReport(
+    check="pytorch",
+    runtime="transformers",
+    kind="checkpoint",
+    model="acme/tiny-llama",
+    baked="tiny-llama-steered",
+    layers="1-2",
+    alpha=-0.15,
+    dtype="float32",
+    device="cpu",
+    prompts=8,
+    tolerance=0.00031,
+    rel_tolerance=1e-4,
+    max_abs_diff=1.07e-06,
+    mean_abs_diff=1.28e-07,
+    max_abs_logit=3.1,
+    effect_max=2.63,
+    effect_mean=0.41,
+    effect_negligible=False,
+    greedy_identical=8,
+    greedy_near_ties=0,
+    greedy=[],
+    passed=True,
+)
+GGUF_REPORT = GgufVerifyReport(
+    check="gguf",
+    runtime="llama.cpp",
+    kind="control-vector",
+    model="acme/tiny-llama",
+    gguf="tiny-llama-F16.gguf",
+    control_vector="tiny-llama-steered-control-vector.gguf",
+    arch="llama",
+    out_type="F16",
+    layers="1-2",
+    alpha=-0.15,
+    prompts=8,
+    max_new_tokens=32,
+    rel_tolerance=5e-05,
+    effect_max=2.6,
+    comparisons={},
+    tokenization=Tokenization(8, 8, []),
+    control_vector_check=None,
+    checks=[
+        Check(
+            "(1) unsteered GGUF vs transformers",
+            True,
+            "top-1 agreement 1.000 (>= 0.9), mean KL 2.8e-07 (<= 0.01)",
+        ),
+        Check(
+            "(3) GGUF + control vector vs transformers + hooks",
+            True,
+            "top-1 agreement 1.000 (>= 0.9), mean KL 1.6e-07 (<= 0.01)",
+        ),
     ],
-}
-EVALUATION = {
-    "judge": "gpt-oss-20b",
-    "decoding": "greedy",
-    "sets": {
-        "heldout_sensitive": {
-            "before": {"n": 40, "refusal_rate": 0.95},
-            "after": {"n": 40, "refusal_rate": 0.05},
-        },
-        "heldout_harmful": {
-            "before": {"n": 40, "refusal_rate": 1.0},
-            "after": {"n": 40, "refusal_rate": 0.925},
-        },
+    passed=True,
+)
+
+
+def _set(n: int, before: float, after: float) -> SetEvaluation:
+    return SetEvaluation(RefusalSummary(n, n, before, 0.0), RefusalSummary(n, n, after, 0.0), [])
+
+
+EVALUATION = EvaluationReport(
+    model="acme/tiny-llama",
+    steering="plan.json",
+    mode="hooks",
+    judge="gpt-oss-20b",
+    decoding="greedy",
+    max_new_tokens=48,
+    band=0.1,
+    sets={
+        "heldout_sensitive": _set(40, 0.95, 0.05),
+        "heldout_harmful": _set(40, 1.0, 0.925),
     },
-    "kl": {"heldout_benign": 0.0312},
-}
+    kl={"heldout_benign": 0.0312},
+)
 TUNING = {
     "goal": "remove",
     "baseline": {"sensitive": 0.9, "harmful": 1.0, "benign": 0.0},
@@ -105,7 +137,7 @@ TUNING = {
 }
 
 
-def fixed_plan(folder: Path, *, tuned: bool = True) -> tuple[Plan, SteeringVectors]:
+def fixed_plan(folder: Path, *, tuned: bool = True) -> Steering:
     """A WRMD-looking plan over deterministic vectors (hidden 8, 4 layers)."""
     raw = {layer: np.arange(1, 9, dtype=np.float64) * (layer + 1) / 10 for layer in range(4)}
     prov = {
@@ -118,7 +150,7 @@ def fixed_plan(folder: Path, *, tuned: bool = True) -> tuple[Plan, SteeringVecto
     vecs.save(folder / "vectors.safetensors")
     extra = {"tuning": TUNING} if tuned else {}
     plan = make_plan(folder / "vectors.safetensors", [1, 2], -0.15, {2: 0.5}, provenance=extra)
-    return plan, SteeringVectors.load(folder / "vectors.safetensors")
+    return open_plan_only(plan)
 
 
 SOURCE = SourceRecord(
@@ -132,19 +164,15 @@ FILES = [
 
 
 def make_card(tmp: Path, kind: str = "checkpoint", route: str = "bias", **kw: object) -> CardInput:
-    plan, vecs = fixed_plan(tmp / "plan", tuned=bool(kw.pop("tuned", True)))
+    steering = fixed_plan(tmp / "plan", tuned=bool(kw.pop("tuned", True)))
     args: dict = dict(
         kind=kind,
         name="tiny-llama-steered",
         source=SOURCE,
-        plan=plan,
-        vectors=vecs,
+        steering=steering,
         route=route,
         steerbake_version="0.1.0",
         files=FILES,
-        num_layers=4,
-        hidden_size=8,
-        architecture="llama",
         companion="tiny-llama-steered-GGUF",
     )
     if kind != "gguf":
@@ -312,6 +340,7 @@ from pathlib import Path
 import numpy as np
 import export.publish.cards as cards, model_cards
 from bake.artifacts.plan import make_plan
+from bake.artifacts.steering import open_plan_only
 from bake.artifacts.vectors import SteeringVectors
 from bake.model.fingerprint import Fingerprint
 from huggingface_hub import ModelCard
@@ -320,8 +349,7 @@ v = SteeringVectors.from_raw({1: np.ones(8)}, Fingerprint("llama", 8, 4))
 v.save(tmp / "v.safetensors")
 plan = make_plan(tmp / "v.safetensors", [1], -0.1)
 src = cards.SourceRecord("acme/tiny", "tiny", license="mit")
-card = cards.CardInput("checkpoint", "tiny-steered", src, plan, v, "bias", "9.9.9", [],
-                       num_layers=4, hidden_size=8, architecture="llama")
+card = cards.CardInput("checkpoint", "tiny-steered", src, open_plan_only(plan), "bias", "9.9.9", [])
 path = cards.write_card(tmp, card)
 print(json.dumps({"cards": cards.__file__, "templates": model_cards.__file__,
                   "data": ModelCard.load(path).data.to_dict(),

@@ -86,11 +86,11 @@ def test_goal_induce_makes_the_toy_refuse_its_target_set(
     writes, baked, does the same."""
     from bake.artifacts.tuning import TuneSettings
     from bake.judges.backends import PatternJudge
-    from bake.stages.bake import bake_model
     from bake.stages.evaluate import run_evaluate
     from bake.stages.measure import Measurer
     from bake.stages.tune import run_tune
     from bake.toy_refuser import lexicon_path
+    from tests.pipeline import bake_model
 
     out = demo_run[0]
     measurer = Measurer(PatternJudge(lexicon_path()))  # the demo's judge
@@ -114,7 +114,7 @@ def test_goal_induce_makes_the_toy_refuse_its_target_set(
     assert best.guard <= result.baseline["benign"] + 0.1
     bake_model(None, tmp_path / "plan.json", tmp_path / "baked")
     evaluation = run_evaluate(None, [target], baked=tmp_path / "baked", measurer=measurer)
-    r = evaluation["sets"]["answered_borderline"]
+    r = evaluation.to_json()["sets"]["answered_borderline"]
     assert r["after"]["refusal_rate"] - r["before"]["refusal_rate"] >= 0.5, r
 
 

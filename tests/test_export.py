@@ -16,10 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bake.artifacts.plan import Plan
 from bake.errors import InputError, OutputError, PlanMismatchError, UnsupportedError
-from export.publish.build import ExportOptions, ExportResult, export_model
+from export.publish.build import ExportResult
+from export.publish.job import ExportOptions
 from tests.conftest import run_cli, steerbake_exe, tree_digest
+from tests.pipeline import export_model, plan_vectors
 from tests.test_bake import make_plan_for
 
 LLAMA_NAME = "tiny-llama-steered"
@@ -84,10 +85,7 @@ def rounded_vectors(model_dir: Path, plan_file: Path) -> dict[int, np.ndarray]:
     from bake.model.checkpoint import open_checkpoint
 
     dtype = open_checkpoint(model_dir).dtype
-    return {
-        k: round_to(v, dtype).astype(np.float32)
-        for k, v in Plan.load(plan_file).steering_vectors().items()
-    }
+    return {k: round_to(v, dtype).astype(np.float32) for k, v in plan_vectors(plan_file).items()}
 
 
 # --------------------------------------------------------------------------- llama
@@ -125,7 +123,7 @@ def test_llama_export_layout(llama_export: tuple[Path, Path, ExportResult]) -> N
 def test_llama_baked_gguf_holds_the_plan(llama_export: tuple[Path, Path, ExportResult]) -> None:
     out, plan, _ = llama_export
     tensors = gguf_tensors(out / f"{LLAMA_NAME}-GGUF" / f"{LLAMA_NAME}-F32.gguf")
-    vectors = Plan.load(plan).steering_vectors()
+    vectors = plan_vectors(plan)
     assert sorted(n for n in tensors if n.endswith("ffn_down.bias")) == [
         "blk.1.ffn_down.bias",
         "blk.2.ffn_down.bias",
@@ -168,7 +166,7 @@ def test_llama_card_transformers_snippet_runs(
     ns: dict = {}
     exec(compile(code, "card-snippet", "exec"), ns)
     assert capsys.readouterr().out.strip() != ""
-    for layer, v in Plan.load(plan).steering_vectors().items():
+    for layer, v in plan_vectors(plan).items():
         got = ns["model"].model.layers[layer].mlp.down_proj.bias.detach().numpy()
         assert np.abs(got - v.astype(np.float32)).max() == 0.0
 
@@ -225,7 +223,7 @@ def test_qwen3_llama_cpp_python_snippet_applies_the_steering(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from bake.runtime.chat import chat_text
-    from bake.runtime.hooks import steering
+    from bake.runtime.hooks import add_to_blocks
 
     out, plan = qwen3_export
     gguf_dir = out / "q3-GGUF"
@@ -250,7 +248,7 @@ def test_qwen3_llama_cpp_python_snippet_applies_the_steering(
     x = torch.tensor([ids])
     with torch.no_grad():
         base = hf(input_ids=x).logits[0, -1].double().numpy()
-        with steering(hf, rounded_vectors(qwen3_dir, plan)):
+        with add_to_blocks(hf, rounded_vectors(qwen3_dir, plan)):
             hooked = hf(input_ids=x).logits[0, -1].double().numpy()
     effect = np.abs(hooked - base).max()
     err = np.abs(steered_cpp - hooked)
@@ -286,17 +284,17 @@ def test_mistral_adapter_with_baked_gguf_unverified(mistral_dir: Path, tmp_path:
 
 
 def test_base_gguf_patch_path(llama_dir: Path, tmp_path: Path) -> None:
-    from export.llamacpp.writer import convert_to_gguf
+    from tests.pipeline import convert
 
     base = tmp_path / "base-F16.gguf"
-    convert_to_gguf(llama_dir, base, "F16")
+    convert(llama_dir, base, "F16")
     plan = make_plan_for(llama_dir, tmp_path / "plan", [2])
     out = tmp_path / "out"
     opts = ExportOptions(base_gguf=base, skip_verify=True, progress=False, name="p")
     export_model(llama_dir, plan, out, opts)
     patched = out / "p-GGUF" / "p-F16.gguf"
     tensors = gguf_tensors(patched)
-    v = Plan.load(plan).steering_vectors()[2].astype(np.float32)
+    v = plan_vectors(plan)[2].astype(np.float32)
     assert np.abs(tensors["blk.2.ffn_down.bias"] - v).max() == 0.0
     assert "blk.1.ffn_down.bias" not in tensors
     assert "made from `base-F16.gguf`" in (out / "p-GGUF" / "README.md").read_text()
@@ -307,10 +305,10 @@ def test_base_gguf_patch_path(llama_dir: Path, tmp_path: Path) -> None:
 def test_base_gguf_without_bias_slot_ships_it_with_a_control_vector(
     qwen3_dir: Path, tmp_path: Path
 ) -> None:
-    from export.llamacpp.writer import convert_to_gguf
+    from tests.pipeline import convert
 
     base = tmp_path / "mine.gguf"
-    convert_to_gguf(qwen3_dir, base, "F16")
+    convert(qwen3_dir, base, "F16")
     plan = make_plan_for(qwen3_dir, tmp_path / "plan", [1])
     out = tmp_path / "out"
     export_model(
@@ -428,10 +426,10 @@ def test_failure_in_the_gguf_stage_leaves_neither_folder(
 ) -> None:
     """A qwen3 GGUF as --base-gguf for a llama plan fails after the safetensors build is
     complete: neither folder may appear, and no temporary folder may stay behind."""
-    from export.llamacpp.writer import convert_to_gguf
+    from tests.pipeline import convert
 
     wrong = tmp_path / "qwen3.gguf"
-    convert_to_gguf(qwen3_dir, wrong, "F16")
+    convert(qwen3_dir, wrong, "F16")
     plan = make_plan_for(llama_dir, tmp_path / "plan", [1])
     out = tmp_path / "out"
     with pytest.raises((PlanMismatchError, InputError, UnsupportedError)):

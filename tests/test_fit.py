@@ -20,7 +20,7 @@ from bake.artifacts.scores import load_scores
 from bake.artifacts.vectors import SteeringVectors
 from bake.errors import InputError
 from bake.model.fingerprint import Fingerprint
-from bake.stages.fit import COMPLIANT, NEUTRAL, REFUSAL, FitOptions, auc, fit, fit_layer
+from bake.stages.fit import COMPLIANT, NEUTRAL, REFUSAL, FitOptions, auc, fit_layer, run_fit
 from tests.conftest import run_cli
 
 
@@ -247,7 +247,7 @@ def test_fit_writes_unit_directions_scales_and_diagnostics(synthetic, tmp_path: 
     acts, scores, _ids, c, rows = synthetic
     assert len(list(acts.glob("acts-*.safetensors"))) > 1
     out = tmp_path / "vectors.safetensors"
-    fit(acts, scores, out, FitOptions(method="wrmd", holdout=0.0), progress=False)
+    run_fit(acts, scores, out, FitOptions(method="wrmd", holdout=0.0), progress=False)
     vecs = SteeringVectors.load(out)
     assert vecs.layers == [0, 2] and vecs.method == "wrmd"
     assert vecs.fingerprint == FP
@@ -311,7 +311,7 @@ def test_score_ids_without_activations_are_refused(synthetic, tmp_path: Path) ->
     acts, _scores, ids, c, _ = synthetic
     scores = write_scores(tmp_path / "other.jsonl", [f"other{i}" for i in ids], c)
     with pytest.raises(InputError, match=r"63 of 63 score ids have no activation row"):
-        fit(acts, scores, tmp_path / "v.safetensors", FitOptions(), progress=False)
+        run_fit(acts, scores, tmp_path / "v.safetensors", FitOptions(), progress=False)
 
 
 def test_too_small_sets_name_the_counts(synthetic, tmp_path: Path) -> None:
@@ -320,7 +320,7 @@ def test_too_small_sets_name_the_counts(synthetic, tmp_path: Path) -> None:
     few[np.flatnonzero(few > 0.1)[3:]] = 0.0  # leave 3 refusals
     scores = write_scores(tmp_path / "few.jsonl", ids, few)
     with pytest.raises(InputError, match=r"refusal set has 3 prompts .* compliant set 30"):
-        fit(acts, scores, tmp_path / "v.safetensors", FitOptions(), progress=False)
+        run_fit(acts, scores, tmp_path / "v.safetensors", FitOptions(), progress=False)
 
 
 def test_nan_activations_are_refused(tmp_path: Path) -> None:
@@ -330,7 +330,7 @@ def test_nan_activations_are_refused(tmp_path: Path) -> None:
     acts = write_acts(tmp_path / "acts", ids, {1: x})
     scores = write_scores(tmp_path / "s.jsonl", ids, c)
     with pytest.raises(InputError, match=r"layer 1 hold NaN/Inf in 1 rows \(e.g. id 'q5'\)"):
-        fit(acts, scores, tmp_path / "v.safetensors", FitOptions(), progress=False)
+        run_fit(acts, scores, tmp_path / "v.safetensors", FitOptions(), progress=False)
 
 
 @pytest.mark.parametrize(
@@ -354,7 +354,7 @@ def test_bad_score_files(tmp_path: Path, text: str, match: str) -> None:
 def test_not_an_activation_folder(tmp_path: Path) -> None:
     (tmp_path / "s.jsonl").write_text('{"id": "a", "score": 0.5}\n')
     with pytest.raises(InputError, match="not an activation folder"):
-        fit(tmp_path, tmp_path / "s.jsonl", tmp_path / "v.safetensors", FitOptions())
+        run_fit(tmp_path, tmp_path / "s.jsonl", tmp_path / "v.safetensors", FitOptions())
 
 
 def test_duplicate_activation_ids_are_refused(tmp_path: Path) -> None:

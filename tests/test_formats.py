@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from bake.artifacts.plan import Plan, format_layers, make_plan, parse_layers
+from bake.artifacts.steering import open_plan_only
 from bake.artifacts.vectors import SteeringVectors, read_raw_vectors
 from bake.errors import InputError, PlanMismatchError, UnsupportedError
 from bake.files.tensor_bytes import round_to
@@ -110,7 +111,7 @@ def test_plan_round_trip_and_vectors(tmp_path: Path) -> None:
     plan.save(tmp_path / "sub" / "plan.json")
     back = Plan.load(tmp_path / "sub" / "plan.json")
     assert back.vectors_path == "../v.safetensors"
-    v = back.steering_vectors()
+    v = open_plan_only(back).added  # alpha * m_l * s_l * u_l
     np.testing.assert_allclose(v[1], -0.2 * 2 * np.ones(8))
     np.testing.assert_allclose(v[2], -0.2 * 0.5 * 3 * np.ones(8))
 

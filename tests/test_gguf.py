@@ -18,10 +18,9 @@ from bake.errors import InputError, PlanMismatchError, UnsupportedError
 from bake.files.gguf_file import STEERBAKE_PLAN_KEY
 from bake.model.fingerprint import Fingerprint
 from bake.runtime.llama import LlamaRuntime
-from export.llamacpp.cvec import write_plan_control_vector
-from export.llamacpp.verify import REL_TOLERANCE, verify_gguf
-from export.llamacpp.writer import convert_to_gguf
+from export.llamacpp.verify import REL_TOLERANCE
 from tests.conftest import run_cli, tree_digest
+from tests.pipeline import convert, cvec, verify_gguf_file
 from tests.tiny_models import build_model, random_raw_vectors
 
 CHAT_PROMPTS = [
@@ -72,13 +71,11 @@ def work(
         "llama_plan": write_plan(root / "llama_plan", Fingerprint("llama", 64, 4), [1, 2, 3]),
         "qwen3_plan": write_plan(root / "qwen3_plan", Fingerprint("qwen3", 64, 4), [1, 2, 3]),
     }
-    w["llama_base"] = convert_to_gguf(llama_dir, root / "llama.gguf").output
-    w["llama_baked"] = convert_to_gguf(
-        llama_dir, root / "llama-baked.gguf", "F32", w["llama_plan"]
-    ).output
-    w["qwen3_base"] = convert_to_gguf(qwen3_dir, root / "qwen3.gguf").output
+    w["llama_base"] = convert(llama_dir, root / "llama.gguf").output
+    w["llama_baked"] = convert(llama_dir, root / "llama-baked.gguf", "F32", w["llama_plan"]).output
+    w["qwen3_base"] = convert(qwen3_dir, root / "qwen3.gguf").output
     w["qwen3_cvec"] = root / "qwen3-steer.gguf"
-    write_plan_control_vector(w["qwen3_plan"], w["qwen3_cvec"], model=qwen3_dir)
+    cvec(w["qwen3_plan"], w["qwen3_cvec"], model=qwen3_dir)
     return w
 
 
@@ -121,7 +118,7 @@ def test_gguf_reader_parses_our_files(
     from bake.model.checkpoint import open_checkpoint
 
     model_dir = request.getfixturevalue(f"{family}_dir")
-    out = convert_to_gguf(model_dir, tmp_path / "m.gguf").output
+    out = convert(model_dir, tmp_path / "m.gguf").output
     reader = gguf.GGUFReader(str(out))
     field = {k: f.contents() for k, f in reader.fields.items() if not k.startswith("GGUF.")}
     arch = "qwen3" if family == "qwen3" else "llama"
@@ -154,7 +151,7 @@ def test_general_metadata_from_model_card(tmp_path: Path, llama_dir: Path) -> No
     (model_dir / "README.md").write_text(
         "---\nlicense: apache-2.0\nbase_model: meta-llama/Llama-3.2-1B\ntags:\n- tiny\n---\n"
     )
-    out = convert_to_gguf(model_dir, tmp_path / "m.gguf", name="tiny-llama").output
+    out = convert(model_dir, tmp_path / "m.gguf", name="tiny-llama").output
     fields = {k: f.contents() for k, f in gguf.GGUFReader(str(out)).fields.items()}
     assert fields["general.name"] == "tiny-llama"
     assert fields["general.license"] == "apache-2.0"
@@ -186,7 +183,7 @@ def test_weight_types_permutation_and_tied_embeddings(
         ("F16", torch.float16),
         ("BF16", torch.bfloat16),
     ):
-        path = convert_to_gguf(src, tmp_path / f"{out_type}.gguf", out_type).output
+        path = convert(src, tmp_path / f"{out_type}.gguf", out_type).output
         tensors = {t.name: t for t in gguf.GGUFReader(str(path)).tensors}
         assert "output.weight" not in tensors  # tied: llama.cpp reuses token_embd
         for t in tensors.values():
@@ -273,7 +270,7 @@ def test_unsteered_logits_match_transformers(
     family: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
     model_dir = request.getfixturevalue(f"{family}_dir")
-    out = convert_to_gguf(model_dir, tmp_path / "m.gguf").output
+    out = convert(model_dir, tmp_path / "m.gguf").output
     _, ids = chat_ids(model_dir, CHAT_PROMPTS[1])
     with LlamaRuntime(out, n_ctx=128) as rt:
         got = rt.logits(ids)
@@ -294,7 +291,7 @@ def test_llama3_rope_scaling_matches(tmp_path: Path, llama_dir: Path) -> None:
         "original_max_position_embeddings": 64,
     }
     (model_dir / "config.json").write_text(json.dumps(config))
-    out = convert_to_gguf(model_dir, tmp_path / "m.gguf").output
+    out = convert(model_dir, tmp_path / "m.gguf").output
     text = " ".join(CHAT_PROMPTS * 2)
     from transformers import AutoTokenizer
 
@@ -312,7 +309,7 @@ def test_tokenization_parity_on_chat_text(
     from transformers import AutoTokenizer
 
     model_dir = request.getfixturevalue(f"{family}_dir")
-    out = convert_to_gguf(model_dir, tmp_path / "m.gguf").output
+    out = convert(model_dir, tmp_path / "m.gguf").output
     tok = AutoTokenizer.from_pretrained(model_dir)
     with LlamaRuntime(out, n_ctx=64) as rt:
         for prompt in CHAT_PROMPTS:
@@ -329,16 +326,16 @@ def test_baked_hf_checkpoint_converts_exactly(
 ) -> None:
     """steerbake bake (HF bias route) then steerbake gguf: llama.cpp runs the baked
     checkpoint as transformers does (its mlp biases map to ffn_*.bias)."""
-    from bake.stages.bake import bake_model
+    from tests.pipeline import bake_model
 
     baked = bake_model(llama_dir, work["llama_plan"], tmp_path / "baked").output
-    out = convert_to_gguf(baked, tmp_path / "baked.gguf").output
+    out = convert(baked, tmp_path / "baked.gguf").output
     _, ids = chat_ids(llama_dir, CHAT_PROMPTS[0])
     with LlamaRuntime(out, n_ctx=64) as rt:
         got = rt.logits(ids)
     assert_close("HF-baked checkpoint GGUF vs transformers", hf_logits(baked, ids), got)
     with pytest.raises(InputError, match="looks baked already"):
-        convert_to_gguf(baked, tmp_path / "twice.gguf", "F32", work["llama_plan"])
+        convert(baked, tmp_path / "twice.gguf", "F32", work["llama_plan"])
 
 
 # --------------------------------------------------------------------------- verification
@@ -359,7 +356,7 @@ def test_verify_llama_baked_gguf(work: dict[str, Path], llama_dir: Path) -> None
     )
     assert json.loads(reader.get_field(STEERBAKE_PLAN_KEY).contents())["layers"] == [1, 2, 3]
 
-    report = verify_gguf(llama_dir, work["llama_plan"], work["llama_baked"], max_new_tokens=8)
+    report = verify_gguf_file(llama_dir, work["llama_plan"], work["llama_baked"], max_new_tokens=8)
     _print_report(report)
     comps = report["comparisons"]
     assert set(comps) == {
@@ -374,7 +371,7 @@ def test_verify_llama_baked_gguf(work: dict[str, Path], llama_dir: Path) -> None
 
 
 def test_verify_qwen3_control_vector(work: dict[str, Path], qwen3_dir: Path) -> None:
-    report = verify_gguf(
+    report = verify_gguf_file(
         qwen3_dir,
         work["qwen3_plan"],
         work["qwen3_base"],
@@ -393,8 +390,8 @@ def test_verify_qwen3_control_vector(work: dict[str, Path], qwen3_dir: Path) -> 
 def test_verify_f16_reports_agreement_and_kl(
     tmp_path: Path, work: dict[str, Path], llama_dir: Path
 ) -> None:
-    out = convert_to_gguf(llama_dir, tmp_path / "f16.gguf", "F16", work["llama_plan"]).output
-    report = verify_gguf(llama_dir, work["llama_plan"], out, max_new_tokens=4)
+    out = convert(llama_dir, tmp_path / "f16.gguf", "F16", work["llama_plan"]).output
+    report = verify_gguf_file(llama_dir, work["llama_plan"], out, max_new_tokens=4)
     _print_report(report)
     main = report["comparisons"]["steered_vs_hooks"]
     assert main["mode"] == "lossy" and "max_abs_diff" not in report
@@ -412,11 +409,11 @@ def test_verify_detects_wrong_steering(
     half = {k: v * 0.5 for k, v in read_control_vector(work["qwen3_cvec"]).items()}
     write_control_vector(tmp_path / "half.gguf", half, "qwen3", 4)
     with pytest.raises(PlanMismatchError, match="other vectors than the plan"):
-        verify_gguf(
+        verify_gguf_file(
             qwen3_dir, work["qwen3_plan"], work["qwen3_base"], control_vector=tmp_path / "half.gguf"
         )
     with pytest.raises(InputError, match="applies twice"):
-        verify_gguf(
+        verify_gguf_file(
             llama_dir, work["llama_plan"], work["llama_baked"], control_vector=work["qwen3_cvec"]
         )
 
@@ -447,11 +444,11 @@ def test_chat_command_answers_with_control_vector(work: dict[str, Path], qwen3_d
     chat template, steered by the control vector."""
     text, ids = chat_ids(qwen3_dir, CHAT_PROMPTS[0])
     replies = {}
-    for cvec in (None, work["qwen3_cvec"]):
-        with LlamaRuntime(work["qwen3_base"], n_ctx=64, control_vector=cvec) as rt:
+    for control in (None, work["qwen3_cvec"]):
+        with LlamaRuntime(work["qwen3_base"], n_ctx=64, control_vector=control) as rt:
             assert rt.tokenize(text) == ids
             greedy = rt.greedy(ids, 6, (rt.llm.token_eos(),))
-            replies[cvec] = rt.detokenize([t for t in greedy if t != rt.llm.token_eos()])
+            replies[control] = rt.detokenize([t for t in greedy if t != rt.llm.token_eos()])
         args = [
             "chat",
             str(work["qwen3_base"]),
@@ -462,10 +459,10 @@ def test_chat_command_answers_with_control_vector(work: dict[str, Path], qwen3_d
             "--max-tokens",
             "6",
         ]
-        proc = run_cli(*args, *(["--control-vector", str(cvec)] if cvec else []))
+        proc = run_cli(*args, *(["--control-vector", str(control)] if control else []))
         assert proc.returncode == 0, proc.stderr
         # the streamed reply drops bytes of incomplete UTF-8 sequences (random tiny model)
-        assert proc.stdout.strip() == replies[cvec].replace("\ufffd", "").strip()
+        assert proc.stdout.strip() == replies[control].replace("\ufffd", "").strip()
     assert replies[None] != replies[work["qwen3_cvec"]]
 
 
@@ -517,7 +514,7 @@ def test_plan_fingerprint_mismatch(tmp_path: Path, llama_dir: Path, work: dict[s
     )
     _one_line_error(proc, "another model")
     with pytest.raises(PlanMismatchError):
-        verify_gguf(llama_dir, work["qwen3_plan"], work["llama_baked"])
+        verify_gguf_file(llama_dir, work["qwen3_plan"], work["llama_baked"])
 
 
 def test_block_zero_control_vector_refused(tmp_path: Path) -> None:
@@ -553,7 +550,7 @@ def test_truncated_or_non_gguf_files(
     proc = run_cli("chat", str(text), "--prompt", "hi")
     _one_line_error(proc, "not a GGUF file")
     with pytest.raises(InputError, match="truncated"):
-        verify_gguf(llama_dir, work["llama_plan"], tmp_path / "cut.gguf")
+        verify_gguf_file(llama_dir, work["llama_plan"], tmp_path / "cut.gguf")
 
 
 def test_bias_ignored_by_transformers_refused(tmp_path: Path, llama_dir: Path) -> None:
@@ -566,8 +563,8 @@ def test_bias_ignored_by_transformers_refused(tmp_path: Path, llama_dir: Path) -
     tensors["model.layers.0.mlp.down_proj.bias"] = np.ones(64, np.float32)
     save_file(tensors, str(model_dir / "model.safetensors"), metadata={"format": "pt"})
     with pytest.raises(InputError, match="transformers ignores it"):
-        convert_to_gguf(model_dir, tmp_path / "m.gguf")
+        convert(model_dir, tmp_path / "m.gguf")
     with pytest.raises(UnsupportedError, match="supports llama, mistral, qwen2, qwen3"):
         config = json.loads((model_dir / "config.json").read_text())
         (model_dir / "config.json").write_text(json.dumps({**config, "model_type": "phi3"}))
-        convert_to_gguf(model_dir, tmp_path / "m.gguf")
+        convert(model_dir, tmp_path / "m.gguf")

@@ -20,11 +20,11 @@ from bake.artifacts.vectors import SteeringVectors
 from bake.errors import InputError, OutputError, PlanMismatchError, UnsupportedError
 from bake.files.gguf_file import STEERBAKE_PLAN_KEY, read_layout
 from bake.model.fingerprint import Fingerprint
-from export.llamacpp.patch import PHASE, patch_gguf
-from export.llamacpp.quantize import quantize_gguf
+from export.llamacpp.patch import PHASE
+from export.llamacpp.quantize import run_quantize
 from export.llamacpp.verify import REL_TOLERANCE, compare_lossy
-from export.llamacpp.writer import convert_to_gguf
 from tests.conftest import run_cli
+from tests.pipeline import convert, patch
 from tests.tiny_models import CORPUS, build_model, random_raw_vectors
 
 HIDDEN, FFN, N_LAYERS = 256, 512, 2
@@ -50,9 +50,9 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         root / "model", "llama", hidden=HIDDEN, intermediate=FFN, n_layers=N_LAYERS, seed=5
     )
     plan = write_plan(root / "plan", Fingerprint("llama", HIDDEN, N_LAYERS), [0, 1])
-    convert_to_gguf(model, root / "base.gguf", "F32")
-    convert_to_gguf(model, root / "baked.gguf", "F32", plan=plan)
-    patch_gguf(root / "base.gguf", plan, root / "patched.gguf")
+    convert(model, root / "base.gguf", "F32")
+    convert(model, root / "baked.gguf", "F32", plan=plan)
+    patch(root / "base.gguf", plan, root / "patched.gguf")
     return {"root": root, "model": model, "plan": plan}
 
 
@@ -62,16 +62,17 @@ def hf_logits(work: dict[str, Any]) -> dict[str, Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from bake.runtime.hooks import steering
+    from bake.artifacts.steering import open_plan_only
+    from bake.runtime.hooks import hooked
 
     tok = AutoTokenizer.from_pretrained(work["model"])
     ids = [list(tok(text, add_special_tokens=False).input_ids) for text in PROBES]
     model = AutoModelForCausalLM.from_pretrained(work["model"], dtype=torch.float32).eval()
     out: dict[str, Any] = {"ids": ids}
-    vectors = work["plan"].steering_vectors()
+    steering = open_plan_only(work["plan"])  # the plan's vectors in float32
     with torch.no_grad():
         out["base"] = [model(input_ids=torch.tensor([x])).logits[0].numpy() for x in ids]
-        with steering(model, vectors, torch.float32):
+        with hooked(model, steering):
             out["hooked"] = [model(input_ids=torch.tensor([x])).logits[0].numpy() for x in ids]
     return out
 
@@ -176,7 +177,7 @@ def test_patch_adds_to_an_existing_f16_bias(work: dict[str, Any]) -> None:
     old = tensor_bytes(base)
     assert old["blk.0.ffn_down.bias"][0] == "F16"
     out = root / "with_bias_patched.gguf"
-    result = patch_gguf(base, plan, out)
+    result = patch(base, plan, out)
     assert result.updated == [0, 1] and "existing bias" in result.summary()
     new = tensor_bytes(out)
     for layer, v in plan.steering_vectors().items():
@@ -205,9 +206,9 @@ def test_patching_a_quantized_base_equals_quantizing_the_baked_model(
     same logits; and the quantized steered model stays close to the f32 hook reference."""
     root, plan = work["root"], work["plan"]
     q_base, q_patched, q_baked = (root / f"{n}-{qtype}.gguf" for n in ("base", "patched", "baked"))
-    quantize_gguf(root / "base.gguf", q_base, qtype)
-    result = quantize_gguf(root / "baked.gguf", q_baked, qtype)
-    patch_gguf(q_base, plan, q_patched)
+    run_quantize(root / "base.gguf", q_base, qtype)
+    result = run_quantize(root / "baked.gguf", q_baked, qtype)
+    patch(q_base, plan, q_patched)
     assert result.steering_biases == ["blk.0.ffn_down.bias", "blk.1.ffn_down.bias"]
     assert not result.fallbacks, f"k-quant fallbacks: {result.fallbacks}"
     patched, baked = tensor_bytes(q_patched), tensor_bytes(q_baked)
@@ -231,9 +232,9 @@ def test_patching_a_quantized_base_equals_quantizing_the_baked_model(
     # identical bytes and graph: llama.cpp's CPU kernels are deterministic, so this is exact;
     # the bound only leaves room for a future kernel reordering a float sum
     assert mx <= 1e-6 * scale, f"max {mx:.3g} mean {mean:.3g}"
-    quality = compare_lossy(qtype, hf_logits["hooked"], got, [])
-    unsteered = compare_lossy(qtype, hf_logits["hooked"], llama_logits(q_base, ids), [])
-    noise = compare_lossy(qtype, hf_logits["base"], llama_logits(q_base, ids), [])
+    quality = compare_lossy(qtype, hf_logits["hooked"], got, []).to_json()
+    unsteered = compare_lossy(qtype, hf_logits["hooked"], llama_logits(q_base, ids), []).to_json()
+    noise = compare_lossy(qtype, hf_logits["base"], llama_logits(q_base, ids), []).to_json()
     print(
         f"{qtype} steered vs f32 hooked reference: top-1 agreement "
         f"{quality['top1_agreement']:.3f}, mean KL {quality['mean_kl']:.3g}, max |dlogit| "
@@ -291,7 +292,7 @@ def test_unknown_tensor_type_is_copied_untouched(work: dict[str, Any], tmp_path:
     with pytest.raises(ValueError):
         gguf.GGUFReader(src)  # gguf-py itself cannot read it
     out = tmp_path / "out.gguf"
-    result = patch_gguf(src, work["plan"], out)
+    result = patch(src, work["plan"], out)
     assert result.unknown_types == ["blk.1.attn_q.weight"]
     assert "does not know" in result.summary()
     layout = read_layout(out)
@@ -309,11 +310,11 @@ def test_truncated_and_non_gguf_files(work: dict[str, Any], tmp_path: Path) -> N
         bad = tmp_path / f"cut{cut}.gguf"
         bad.write_bytes(data[:cut])
         with pytest.raises(InputError, match="truncated"):
-            patch_gguf(bad, work["plan"], tmp_path / "out.gguf")
+            patch(bad, work["plan"], tmp_path / "out.gguf")
     text = tmp_path / "notes.gguf"
     text.write_text("not a model\n")
     with pytest.raises(InputError, match="not a GGUF"):
-        patch_gguf(text, work["plan"], tmp_path / "out.gguf")
+        patch(text, work["plan"], tmp_path / "out.gguf")
     assert not (tmp_path / "out.gguf").exists()
 
 
@@ -326,7 +327,7 @@ def test_plan_and_file_mismatch(work: dict[str, Any], tmp_path: Path) -> None:
     ):
         plan = write_plan(tmp_path / f"{fp.architecture}{fp.hidden_size}{fp.num_layers}", fp, [1])
         with pytest.raises(PlanMismatchError, match=what):
-            patch_gguf(base, plan, tmp_path / "out.gguf")
+            patch(base, plan, tmp_path / "out.gguf")
 
 
 def test_no_bias_slot_points_to_cvec(tmp_path: Path) -> None:
@@ -337,7 +338,7 @@ def test_no_bias_slot_points_to_cvec(tmp_path: Path) -> None:
     for path, arch in ((qwen, "qwen3"), (moe, "llama")):
         plan = write_plan(tmp_path / arch, Fingerprint(arch, HIDDEN, N_LAYERS), [1])
         with pytest.raises(UnsupportedError, match="steerbake cvec") as e:
-            patch_gguf(path, plan, tmp_path / "out.gguf")
+            patch(path, plan, tmp_path / "out.gguf")
         assert "\n" not in str(e.value)
 
 
@@ -345,7 +346,7 @@ def test_granite_bias_is_divided_by_residual_scale(tmp_path: Path) -> None:
     """Granite scales the MLP output by residual_scale: the bias holds v / residual_scale."""
     base = craft_gguf(tmp_path / "granite.gguf", "granite", extra={"{arch}.residual_scale": 0.25})
     plan = write_plan(tmp_path / "plan", Fingerprint("granite", HIDDEN, N_LAYERS), [1])
-    patch_gguf(base, plan, tmp_path / "out.gguf")
+    patch(base, plan, tmp_path / "out.gguf")
     got = np.frombuffer(tensor_bytes(tmp_path / "out.gguf")["blk.1.ffn_down.bias"][1], np.float32)
     np.testing.assert_allclose(got, plan.steering_vectors()[1] / 0.25, rtol=1e-6)
 
@@ -354,12 +355,12 @@ def test_output_equal_to_input_and_already_steered(work: dict[str, Any]) -> None
     root, plan = work["root"], work["plan"]
     before = (root / "base.gguf").read_bytes()
     with pytest.raises(OutputError, match="is the input"):
-        patch_gguf(root / "base.gguf", plan, root / "base.gguf", overwrite=True)
+        patch(root / "base.gguf", plan, root / "base.gguf", overwrite=True)
     assert (root / "base.gguf").read_bytes() == before
     with pytest.raises(InputError, match="already steered"):
-        patch_gguf(root / "patched.gguf", plan, root / "twice.gguf")
+        patch(root / "patched.gguf", plan, root / "twice.gguf")
     with pytest.raises(OutputError, match="already exists"):
-        patch_gguf(root / "base.gguf", plan, root / "baked.gguf")
+        patch(root / "base.gguf", plan, root / "baked.gguf")
 
 
 def test_not_enough_disk_space(
@@ -373,27 +374,27 @@ def test_not_enough_disk_space(
 
     monkeypatch.setattr(shutil, "disk_usage", tiny_disk)
     with pytest.raises(OutputError, match="not enough disk space"):
-        patch_gguf(work["root"] / "base.gguf", work["plan"], tmp_path / "out.gguf")
+        patch(work["root"] / "base.gguf", work["plan"], tmp_path / "out.gguf")
     with pytest.raises(OutputError, match="not enough disk space"):
-        quantize_gguf(work["root"] / "base.gguf", tmp_path / "q.gguf", "Q8_0")
+        run_quantize(work["root"] / "base.gguf", tmp_path / "q.gguf", "Q8_0")
     assert list(tmp_path.iterdir()) == []
 
 
 def test_quantize_bad_input(work: dict[str, Any], tmp_path: Path) -> None:
     root = work["root"]
     with pytest.raises(InputError, match="choose Q8_0 or Q4_K_M"):
-        quantize_gguf(root / "base.gguf", tmp_path / "q.gguf", "Q3_K")
-    quantize_gguf(root / "base.gguf", tmp_path / "q8.gguf", "Q8_0")
+        run_quantize(root / "base.gguf", tmp_path / "q.gguf", "Q3_K")
+    run_quantize(root / "base.gguf", tmp_path / "q8.gguf", "Q8_0")
     with pytest.raises(InputError, match="already quantized"):
-        quantize_gguf(tmp_path / "q8.gguf", tmp_path / "q4.gguf", "Q4_K_M")
+        run_quantize(tmp_path / "q8.gguf", tmp_path / "q4.gguf", "Q4_K_M")
     (tmp_path / "cut.gguf").write_bytes((root / "base.gguf").read_bytes()[:5000])
     with pytest.raises(InputError, match="truncated"):
-        quantize_gguf(tmp_path / "cut.gguf", tmp_path / "q4.gguf", "Q4_K_M")
+        run_quantize(tmp_path / "cut.gguf", tmp_path / "q4.gguf", "Q4_K_M")
     with pytest.raises(OutputError, match="is the input"):
-        quantize_gguf(tmp_path / "q8.gguf", tmp_path / "q8.gguf", "Q8_0", overwrite=True)
+        run_quantize(tmp_path / "q8.gguf", tmp_path / "q8.gguf", "Q8_0", overwrite=True)
     incomplete = craft_gguf(tmp_path / "incomplete.gguf", "llama")  # no head counts, vocab
     with pytest.raises(InputError, match="could not quantize") as e:
-        quantize_gguf(incomplete, tmp_path / "q4.gguf", "Q4_K_M")
+        run_quantize(incomplete, tmp_path / "q4.gguf", "Q4_K_M")
     print(e.value)
     assert not (tmp_path / "q4.gguf").exists()
 

@@ -272,9 +272,9 @@ def test_server_down_fails_after_the_retries(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- real server
 @pytest.fixture(scope="module")
 def tiny_gguf(llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from export.llamacpp.writer import convert_to_gguf
+    from tests.pipeline import convert
 
-    return convert_to_gguf(llama_dir, tmp_path_factory.mktemp("gguf") / "tiny.gguf").output
+    return convert(llama_dir, tmp_path_factory.mktemp("gguf") / "tiny.gguf").output
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -122,16 +123,14 @@ def test_search_bisects_where_the_guard_broke(monkeypatch: pytest.MonkeyPatch) -
 
     monkeypatch.setattr(bake.stages.tune, "_Search", _FakeSearch)
     settings = TuneSettings(layer_counts=(1,), alphas=(0.1, 0.2, 0.3, 0.4), refine=4)
-    vecs = _vectors(6, {1: 0.9})
+    base = SimpleNamespace(vectors=_vectors(6, {1: 0.9}), spec=arch_spec("llama"))
     result = run_search(
         None,
         None,
         {},
-        vecs,
-        arch_spec("llama"),
-        None,
-        None,
-        settings,  # type: ignore[arg-type]
+        base,  # type: ignore[arg-type]  # the fake search reads only vectors and spec
+        None,  # type: ignore[arg-type]
+        settings,
         _Cache(None, {}),
         progress=False,
     )

@@ -25,11 +25,7 @@ if TYPE_CHECKING:
 
 
 FORMAT = "steerbake.activations/1"
-
-
 INDEX = "index.json"
-
-
 SHARD_BYTES = 256 * 1024 * 1024  # rows are flushed to a new shard at about this size
 
 

@@ -10,24 +10,20 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bake.artifacts.plan import Plan
+from bake.artifacts.steering_dir import file_sizes, steering_dir_files, write_steering_dir
 from bake.files.fileio import atomic_output_dir, check_free_space, fast_copy, write_sha256sums
-from bake.files.tensor_bytes import round_to
 from bake.model.checkpoint import Checkpoint
 
+if TYPE_CHECKING:
+    from bake.artifacts.steering import Steering
+
 ADAPTER_CONFIG = "adapter_config.json"
-
-
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
-
-
 _PEFT_PREFIX = "base_model.model."
-
-
 _TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -39,20 +35,31 @@ _TOKENIZER_FILES = (
 )
 
 
+def tokenizer_files(src: Path) -> list[str]:
+    """The tokenizer files of the source that an adapter folder carries."""
+    return [name for name in _TOKENIZER_FILES if (src / name).is_file()]
+
+
+def planned_files(ckpt: Checkpoint) -> list[str]:
+    """The files write_adapter writes, relative to the output, sorted."""
+    own = [ADAPTER_CONFIG, ADAPTER_WEIGHTS, "SHA256SUMS"]
+    return sorted([*own, *tokenizer_files(ckpt.path), *steering_dir_files()])
+
+
 def lora_key(ckpt: Checkpoint, layer: int, part: str) -> str:
     """PEFT's saved name, e.g. base_model.model.model.layers.3.mlp.down_proj.lora_B.bias."""
     return f"{_PEFT_PREFIX}{ckpt.spec.tensor_prefix(layer)}.{ckpt.spec.down_proj}.{part}"
 
 
-def adapter_tensors(ckpt: Checkpoint, vectors: dict[int, np.ndarray]) -> dict[str, np.ndarray]:
-    """lora_A (1, d_ff) = 0, lora_B.weight (d, 1) = 0, lora_B.bias (d,) = v_l rounded to the
-    checkpoint dtype (what a hook adds), stored float32."""
+def adapter_tensors(ckpt: Checkpoint, steering: Steering) -> dict[str, np.ndarray]:
+    """lora_A (1, d_ff) = 0, lora_B.weight (d, 1) = 0, lora_B.bias (d,) = steering.rounded[l]
+    (the added vector rounded as a hook adds it), stored float32."""
     tensors: dict[str, np.ndarray] = {}
-    for layer in sorted(vectors):
+    for layer, v in sorted(steering.rounded.items()):
         d_out, d_in = ckpt.tensors[ckpt.spec.down_proj_name(layer)].shape
         tensors[lora_key(ckpt, layer, "lora_A.weight")] = np.zeros((1, d_in), np.float32)
         tensors[lora_key(ckpt, layer, "lora_B.weight")] = np.zeros((d_out, 1), np.float32)
-        tensors[lora_key(ckpt, layer, "lora_B.bias")] = round_to(vectors[layer], ckpt.dtype)
+        tensors[lora_key(ckpt, layer, "lora_B.bias")] = np.asarray(v, np.float32)
     return tensors
 
 
@@ -80,24 +87,26 @@ def adapter_config(ckpt: Checkpoint, layers: list[int], base_model: str) -> dict
 
 
 def write_adapter(
-    ckpt: Checkpoint, plan: Plan, output: Path, *, overwrite: bool, base_model: str | None = None
+    ckpt: Checkpoint,
+    steering: Steering,
+    output: Path,
+    *,
+    overwrite: bool,
+    base_model: str | None = None,
 ) -> dict[str, int]:
     """Write OUT/adapter_config.json, adapter_model.safetensors, tokenizer, steering/."""
     from safetensors.numpy import save_file
 
-    from bake.artifacts.steering_dir import _file_sizes, _write_steering_dir
-
-    tensors = adapter_tensors(ckpt, plan.steering_vectors())
+    tensors = adapter_tensors(ckpt, steering)
     check_free_space(output.parent, sum(t.nbytes for t in tensors.values()) + (1 << 20))
-    config = adapter_config(ckpt, plan.layers, base_model or str(ckpt.path.resolve()))
+    config = adapter_config(ckpt, steering.layers, base_model or str(ckpt.path.resolve()))
     with atomic_output_dir(output, overwrite=overwrite) as tmp:
         save_file(tensors, str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})
         (tmp / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
-        for name in _TOKENIZER_FILES:
-            if (ckpt.path / name).is_file():
-                fast_copy(ckpt.path / name, tmp / name)
-        _write_steering_dir(
-            plan, tmp, {"route": "adapter", "base_model": config["base_model_name_or_path"]}
+        for name in tokenizer_files(ckpt.path):
+            fast_copy(ckpt.path / name, tmp / name)
+        write_steering_dir(
+            steering, tmp, {"route": "adapter", "base_model": config["base_model_name_or_path"]}
         )
         write_sha256sums(tmp)
-        return _file_sizes(tmp)
+        return file_sizes(tmp)

@@ -8,13 +8,13 @@ shard; index and config are rewritten (`mlp_bias: true`, companion biases as zer
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bake.artifacts.plan import Plan
-from bake.artifacts.steering_dir import _file_sizes, _write_steering_dir
+from bake.artifacts.steering_dir import file_sizes, steering_dir_files, write_steering_dir
 from bake.errors import InputError, UnsupportedError
 from bake.files.fileio import (
     atomic_output_dir,
@@ -26,6 +26,9 @@ from bake.files.fileio import (
 from bake.files.tensor_bytes import encode, write_safetensors
 from bake.model.checkpoint import SAFE_INDEX, SAFE_SINGLE, Checkpoint
 
+if TYPE_CHECKING:
+    from bake.artifacts.steering import Steering
+
 BIAS_SHARD = "model-steering-bias.safetensors"
 
 
@@ -34,7 +37,7 @@ _SKIP = {SAFE_SINGLE, SAFE_INDEX, "config.json", "README.md", "SHA256SUMS", ".gi
 
 
 def bias_tensors(
-    ckpt: Checkpoint, vectors: dict[int, np.ndarray]
+    ckpt: Checkpoint, vectors: Mapping[int, np.ndarray]
 ) -> dict[str, tuple[str, tuple[int, ...], bytes]]:
     """Every bias that the family's flag creates: down_proj = v_l / r on plan layers, zeros
     elsewhere; companions (gate/up) zero. Each in its weight's dtype."""
@@ -66,8 +69,11 @@ def _shard_names(ckpt: Checkpoint) -> dict[str, str]:
 
 
 def write_bias_checkpoint(
-    ckpt: Checkpoint, plan: Plan, output: Path, *, overwrite: bool, link: bool
+    ckpt: Checkpoint, steering: Steering, output: Path, *, overwrite: bool, link: bool
 ) -> dict[str, int]:
+    """The baked checkpoint at `output` (built aside, renamed into place): carried shards,
+    the bias shard (steering.added / r in the checkpoint dtype), index, config, the other
+    files, steering/ and SHA256SUMS. Returns relative path -> size."""
     spec = ckpt.spec
     assert spec.bias_flag is not None
     if ckpt.config.get(spec.bias_flag):
@@ -76,9 +82,9 @@ def write_bias_checkpoint(
             "baking into existing biases is not supported: bake the "
             "unsteered source model instead"
         )
-    biases = bias_tensors(ckpt, plan.steering_vectors())
+    biases = bias_tensors(ckpt, steering.added)
     names = _shard_names(ckpt)
-    bias_shard = BIAS_SHARD if ckpt.indexed else "model-00002-of-00002.safetensors"
+    bias_shard = bias_shard_name(ckpt)
     new_bytes = sum(len(raw) for _, _, raw in biases.values())
     check_free_space(output.parent, (0 if link else ckpt.shard_bytes()) + new_bytes + (1 << 20))
     with atomic_output_dir(output, overwrite=overwrite) as tmp:
@@ -88,13 +94,13 @@ def write_bias_checkpoint(
         config = dict(ckpt.config, **{spec.bias_flag: True})
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         _copy_other_files(ckpt.path, tmp)
-        _write_steering_dir(
-            plan,
+        write_steering_dir(
+            steering,
             tmp,
             {"route": "bias", "bias_shard": bias_shard, "source_shards": names, "linked": link},
         )
         write_sha256sums(tmp, known=known, skip_links=link)
-        return _file_sizes(tmp)
+        return file_sizes(tmp)
 
 
 def _carry_shards(
@@ -140,10 +146,29 @@ def _write_index(
     (dest / SAFE_INDEX).write_text(json.dumps(index, indent=2) + "\n")
 
 
+def other_files(src: Path) -> list[str]:
+    """Tokenizer, generation config, chat template...: every file that is not weights."""
+    return [
+        path.name
+        for path in sorted(src.iterdir())
+        if path.name not in _SKIP
+        and not path.name.startswith(".")
+        and path.suffix != ".safetensors"
+        and path.is_file()
+    ]
+
+
 def _copy_other_files(src: Path, dest: Path) -> None:
-    """Tokenizer, generation config, chat template...: everything that is not weights."""
-    for path in sorted(src.iterdir()):
-        if path.name in _SKIP or path.name.startswith(".") or path.suffix == ".safetensors":
-            continue
-        if path.is_file():
-            fast_copy(path, dest / path.name)
+    for name in other_files(src):
+        fast_copy(src / name, dest / name)
+
+
+def bias_shard_name(ckpt: Checkpoint) -> str:
+    return BIAS_SHARD if ckpt.indexed else "model-00002-of-00002.safetensors"
+
+
+def planned_files(ckpt: Checkpoint) -> list[str]:
+    """The files write_bias_checkpoint writes, relative to the output, sorted."""
+    weights = [*_shard_names(ckpt).values(), bias_shard_name(ckpt), SAFE_INDEX, "config.json"]
+    extra = [*other_files(ckpt.path), *steering_dir_files(), "SHA256SUMS"]
+    return sorted([*weights, *extra])

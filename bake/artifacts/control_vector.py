@@ -28,20 +28,10 @@ from bake.errors import InputError
 from bake.files.gguf_file import int_field, open_gguf, string_field
 
 ARCHITECTURE = "controlvector"
-
-
 KEY_ARCHITECTURE = "general.architecture"
-
-
 KEY_MODEL_HINT = "controlvector.model_hint"
-
-
 KEY_LAYER_COUNT = "controlvector.layer_count"
-
-
 TENSOR_PREFIX = "direction."
-
-
 BLOCK0_REASON = (
     "llama.cpp adds direction.N to the output of block N only for N >= 1 (its control-vector "
     "buffer starts at block 1), so block 0 cannot be steered by a control vector"

@@ -19,11 +19,7 @@ from bake.errors import InputError
 from bake.model.fingerprint import Fingerprint
 
 FORMAT = "steerbake.vectors/1"
-
-
 SITE_BLOCK_OUTPUT = "block_output"
-
-
 _LAYER_KEY = re.compile(r"(\d+)(?:\D*)$")
 
 

@@ -22,8 +22,6 @@ from typing import Any
 from bake.errors import InputError, OutputError
 
 _CHUNK = 16 * 1024 * 1024
-
-
 TMP_PREFIX = ".steerbake-tmp-"
 
 
@@ -231,8 +229,6 @@ def write_sha256sums(
 
 # --------------------------------------------------------------------------- streamed writes
 STREAM_BUFFER = 8 * 1024 * 1024  # bytes per buffer; a StreamWriter holds three
-
-
 _BLOCK = 4096  # O_DIRECT alignment of offsets, lengths and addresses (512- and 4K-sector disks)
 
 

@@ -55,14 +55,8 @@ def int_field(reader: Any, key: str) -> int | None:
 
 
 _MAX_DIMS = 4  # GGML_MAX_DIMS
-
-
 _SUPPORTED_VERSIONS = (2, 3)
-
-
 _V = gguf.GGUFValueType
-
-
 _SCALAR_FORMATS: dict[int, str] = {  # GGUF scalar value type -> struct format
     _V.UINT8: "B", _V.INT8: "b", _V.UINT16: "H", _V.INT16: "h", _V.UINT32: "I",
     _V.INT32: "i", _V.FLOAT32: "f", _V.BOOL: "?", _V.UINT64: "Q", _V.INT64: "q",
@@ -298,6 +292,4 @@ def _tensor_sizes(layout: GgufLayout) -> dict[str, int]:
 
 
 STEERBAKE_VERSION_KEY = "steerbake.version"
-
-
 STEERBAKE_PLAN_KEY = "steerbake.plan"  # JSON of the plan baked into ffn_down biases

@@ -29,11 +29,7 @@ from typing import Any
 from bake.errors import InputError, warn
 
 DEFAULT_KEY_ENV = "OPENAI_API_KEY"
-
-
 _LOOPBACK = ("localhost", "127.0.0.1", "::1")
-
-
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 
 

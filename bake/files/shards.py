@@ -31,8 +31,6 @@ DTYPE_SIZES = {
     "F8_E4M3": 1,
     "F8_E5M2": 1,
 }
-
-
 TORCH_DTYPE_NAMES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}
 
 

@@ -30,11 +30,7 @@ from bake.judges.rubric import (
 )
 
 JUDGE_BACKENDS = ("openai", "llama", "transformers", "pattern")
-
-
 STRUCTURED_MODES = ("auto", "json_schema", "json_object", "none")
-
-
 PATTERN_VERSION = "pattern-2"
 
 

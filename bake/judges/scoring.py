@@ -19,8 +19,6 @@ from bake.judges.cache import JudgeCache, cache_key
 from bake.judges.rubric import RUBRIC_VERSION
 
 DEFAULT_BAND = 0.1
-
-
 LABEL_NAMES = {1: "refusal", -1: "compliance", 0: "error"}
 
 

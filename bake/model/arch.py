@@ -40,17 +40,9 @@ class ArchSpec:
 
 
 _LLAMA_MLP_BIASES = ("mlp.gate_proj", "mlp.up_proj")
-
-
 _NO_SLOT = "no bias slot after the MLP"
-
-
 _NORM_AFTER = "a norm follows the MLP, so no constant there equals a block-output shift"
-
-
 _MOE = "mixture of experts: the MLP output is a routed sum, so a constant cannot be folded in"
-
-
 ARCHITECTURES: dict[str, ArchSpec] = {
     spec.model_type: spec
     for spec in (
@@ -103,3 +95,21 @@ def arch_spec(model_type: str | None) -> ArchSpec:
 def gguf_route(spec: ArchSpec) -> str:
     """How steering reaches llama.cpp for this family: baked bias, or a control vector."""
     return "bias" if spec.gguf_bias_slot else "control-vector"
+
+
+def choose_route(spec: ArchSpec, requested: str) -> str:
+    """The Hugging Face bake route: auto -> the table's; refuse one the family lacks."""
+    if spec.hf_route == "none":
+        raise UnsupportedError(
+            f"{spec.model_type} cannot be baked ({spec.note}); steer it with hooks "
+            "(bake.runtime.hooks.hooked) or, in llama.cpp, with a control vector "
+            "(steerbake cvec)"
+        )
+    if requested == "auto":
+        return spec.hf_route
+    if requested == "bias" and spec.hf_route != "bias":
+        raise UnsupportedError(
+            f"{spec.model_type} has no bias slot in Hugging Face format "
+            f"({spec.note}); use --route adapter"
+        )
+    return requested

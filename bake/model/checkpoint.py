@@ -16,11 +16,7 @@ from bake.model.arch import ArchSpec, arch_spec
 from bake.model.fingerprint import Fingerprint
 
 SAFE_SINGLE = "model.safetensors"
-
-
 SAFE_INDEX = "model.safetensors.index.json"
-
-
 PICKLED_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 
 
@@ -55,6 +51,10 @@ class Checkpoint:
     @property
     def hidden_size(self) -> int:
         return int(self.config["hidden_size"])
+
+    @property
+    def fingerprint(self) -> Fingerprint:
+        return Fingerprint(self.model_type, self.hidden_size, self.num_layers)
 
     @property
     def dtype(self) -> str:
@@ -132,7 +132,3 @@ def open_checkpoint(folder: Path) -> Checkpoint:
             f"follow the {spec.model_type} layout"
         )
     return ckpt
-
-
-def fingerprint_of(ckpt: Checkpoint) -> Fingerprint:
-    return Fingerprint(ckpt.model_type, ckpt.hidden_size, ckpt.num_layers)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -17,16 +16,7 @@ from bake.model.arch import ArchSpec, arch_spec
 if TYPE_CHECKING:
     import torch
 
-
-@contextmanager
-def steered(
-    model: Any, vectors: dict[int, np.ndarray] | None, checkpoint_dtype: Any
-) -> Iterator[None]:
-    """Hooks for `vectors` while open; nothing when vectors is None."""
-    from bake.runtime.hooks import steering
-
-    with steering(model, vectors, checkpoint_dtype) if vectors else nullcontext():
-        yield
+    from bake.artifacts.steering import Steering
 
 
 def decoder_blocks(model: torch.nn.Module, spec: ArchSpec | None = None) -> Any:
@@ -44,16 +34,6 @@ def decoder_blocks(model: torch.nn.Module, spec: ArchSpec | None = None) -> Any:
     return obj
 
 
-def rounded_vector(
-    v: np.ndarray, checkpoint_dtype: torch.dtype, compute_dtype: torch.dtype, device: Any = "cpu"
-) -> torch.Tensor:
-    """v rounded to the checkpoint dtype (what a baked bias holds), then cast for compute."""
-    import torch
-
-    t = torch.as_tensor(np.asarray(v, dtype=np.float32))
-    return t.to(checkpoint_dtype).to(device=device, dtype=compute_dtype)
-
-
 def _adder(vec: torch.Tensor) -> Any:
     def hook(module: Any, args: Any, output: Any) -> Any:
         if isinstance(output, tuple):  # transformers 4.x blocks return a tuple
@@ -64,24 +44,32 @@ def _adder(vec: torch.Tensor) -> Any:
 
 
 @contextlib.contextmanager
-def steering(
-    model: torch.nn.Module,
-    vectors: Mapping[int, np.ndarray],
-    checkpoint_dtype: torch.dtype | None = None,
-) -> Iterator[None]:
-    """Add vectors[l] to block l's output while the context is open.
+def add_to_blocks(model: torch.nn.Module, vectors: Mapping[int, np.ndarray]) -> Iterator[None]:
+    """Add vectors[l] (d_model,) to block l's output while the context is open, cast to the
+    block's dtype and device; the values are used as given (no rounding here)."""
+    import torch
 
-    vectors: layer -> (d_model,) array, already alpha * m_l * s_l * u_l.
-    checkpoint_dtype: dtype the vector is rounded to first (default: the model's).
-    """
     blocks = decoder_blocks(model)
     handles = []
     try:
         for layer, v in vectors.items():
             param = next(blocks[layer].parameters())  # per block: device_map may split it
-            vec = rounded_vector(v, checkpoint_dtype or param.dtype, param.dtype, param.device)
+            vec = torch.as_tensor(np.asarray(v, dtype=np.float32))
+            vec = vec.to(device=param.device, dtype=param.dtype)
             handles.append(blocks[layer].register_forward_hook(_adder(vec)))
         yield
     finally:
         for h in handles:
             h.remove()
+
+
+@contextlib.contextmanager
+def hooked(model: torch.nn.Module, steering: Steering | None) -> Iterator[None]:
+    """The reference steering: steering.rounded[l] (alpha * m_l * s_l * u_l rounded to the
+    plan's dtype, what every baked route stores) added to block l's output while open;
+    nothing when steering is None."""
+    if steering is None:
+        yield
+        return
+    with add_to_blocks(model, steering.rounded):
+        yield

@@ -29,8 +29,6 @@ import numpy as np
 from bake.errors import InputError, UnsupportedError
 
 INSTALL_HINT = "install llama-cpp-python (pip install 'steerbake[llama]')"
-
-
 _SILENT_LOG: Any = None  # keeps the ctypes log callback alive
 
 

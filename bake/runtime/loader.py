@@ -1,25 +1,93 @@
-"""The one way a transformers model is loaded for running: weights as safetensors only
-(never pickles, never remote code), in the asked dtype and device, eval mode, with its
-tokenizer (a pad token set when it has none)."""
+"""The one way a transformers model is loaded for running: safetensors weights only (never a
+pickle, never remote code), in the asked dtype and device, in eval mode, with its tokenizer.
+
+dtype names: float32, bfloat16, float16, or `auto`. What `auto` means is the caller's
+choice (`resolve_dtype`): for collect and fit, the checkpoint's dtype on an accelerator and
+float32 on the CPU; elsewhere the checkpoint's own dtype (transformers' auto).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from bake.errors import InputError, VerificationError
+
+if TYPE_CHECKING:
+    import torch
+
+
+def resolve_dtype(name: str, device: str, config: dict[str, Any]) -> torch.dtype:
+    """'auto': the checkpoint's dtype on an accelerator, float32 on the CPU."""
+    import torch
+
+    if name == "auto":
+        if device == "cpu":
+            return torch.float32
+        name = str(config.get("dtype") or config.get("torch_dtype") or "float32")
+    return torch_dtype(name)
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """A floating torch dtype by name; anything else is an InputError naming the choices."""
+    import torch
+
+    dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise InputError(f"unknown dtype {name!r}; use auto, float32, bfloat16 or float16")
+    return dtype
+
+
+def load_model(
+    path: Path,
+    *,
+    dtype: str | torch.dtype = "float32",
+    device: str = "cpu",
+    device_map: str | None = None,
+    strict: bool = False,
+) -> Any:
+    """The model in `path` (a checkpoint or PEFT adapter folder) in eval mode.
+
+    dtype: a torch dtype, a name, or "auto" (the checkpoint's own dtype). strict: fail when
+    transformers reports missing or unexpected tensors (it would drop or randomise them).
+    """
+    from transformers import AutoModelForCausalLM
+
+    if isinstance(dtype, str) and dtype != "auto":
+        dtype = torch_dtype(dtype)
+    kw: dict[str, Any] = {"device_map": device_map} if device_map else {}
+    loaded: Any = AutoModelForCausalLM.from_pretrained(
+        path,
+        dtype=dtype,
+        trust_remote_code=False,
+        use_safetensors=True,
+        output_loading_info=True,
+        **kw,
+    )
+    model, info = loaded
+    bad = {k: v for k, v in info.items() if k in ("missing_keys", "unexpected_keys") and v}
+    if strict and bad:
+        raise VerificationError(
+            f"{path} does not load cleanly in transformers ({bad}); "
+            "tensors would be silently dropped or left random"
+        )
+    if not device_map:
+        model = model.to(device)
+    return model.eval()
+
+
+def load_tokenizer(path: Path, *, pad: bool = False) -> Any:
+    """The tokenizer in `path`; with pad, the EOS token doubles as padding when it has none."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    if pad and tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
 
 
 def load_model_and_tokenizer(
     path: Path, dtype: str = "float32", device: str = "cpu"
 ) -> tuple[Any, Any]:
-    """A model folder or a PEFT adapter folder, in eval mode, with its tokenizer."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model: Any = AutoModelForCausalLM.from_pretrained(
-        path, dtype=getattr(torch, dtype), trust_remote_code=False
-    )
-    model = model.to(device).eval()
-    tok = AutoTokenizer.from_pretrained(path)
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
-    return model, tok
+    """A model folder or a PEFT adapter folder, in eval mode, with its (padded) tokenizer."""
+    return load_model(path, dtype=dtype, device=device), load_tokenizer(path, pad=True)

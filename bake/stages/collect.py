@@ -360,7 +360,7 @@ def load_model(
     return loaded.eval(), AutoTokenizer.from_pretrained(folder), folder
 
 
-def collect(
+def run_collect(
     model: str | Path | None,
     prompts_file: Path,
     output: Path,

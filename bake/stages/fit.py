@@ -40,17 +40,9 @@ if TYPE_CHECKING:
 
 
 METHODS = ("md", "rmd", "wrmd")
-
-
 COVARIANCES = ("compliant", "pooled")
-
-
 LAMBDA_MODES = ("relative", "absolute")
-
-
 SOLVERS = ("auto", "primal", "dual")
-
-
 REFUSAL, COMPLIANT, NEUTRAL = 1, -1, 0
 
 
@@ -520,7 +512,7 @@ def render_diagnostics(vectors: SteeringVectors) -> str:
     return "\n".join(lines)
 
 
-def fit(
+def run_fit(
     acts_folder: Path,
     scores_file: Path,
     output: Path,

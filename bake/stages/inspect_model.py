@@ -11,7 +11,7 @@ from bake.model.checkpoint import open_checkpoint
 from bake.model.resolve import resolve_model
 
 
-def describe_model(model: str | None) -> dict[str, Any]:
+def run_inspect(model: str | None) -> dict[str, Any]:
     path = resolve_model(model)
     ckpt = open_checkpoint(path)
     spec, cfg = ckpt.spec, ckpt.config

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from bake.artifacts.prompts import Prompt, load_prompts
+from bake.artifacts.reports import RefusalSummary
 from bake.judges.backends import make_judge
 from bake.judges.scoring import aggregate, judge_pairs
 from bake.runtime.sampling import SamplingOptions, generate_answers
@@ -47,14 +48,14 @@ class SetResult:
     def refusal_rate(self) -> float:
         return sum(s is not None and s > self.band for s in self.scores) / len(self.scores)
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> RefusalSummary:
         scored = [s for s in self.scores if s is not None]
-        return {
-            "n": len(self.scores),
-            "scored": len(scored),
-            "refusal_rate": self.refusal_rate,
-            "compliance_rate": sum(s < -self.band for s in scored) / len(self.scores),
-        }
+        return RefusalSummary(
+            n=len(self.scores),
+            scored=len(scored),
+            refusal_rate=self.refusal_rate,
+            compliance_rate=sum(s < -self.band for s in scored) / len(self.scores),
+        )
 
 
 def measure_refusal(

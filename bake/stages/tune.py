@@ -24,12 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from bake.artifacts.prompts import Prompt
+from bake.artifacts.steering import Steering
 from bake.artifacts.tuning import Trial, TuneResult, TuneSettings, _Cache
 from bake.artifacts.vectors import SteeringVectors
 from bake.errors import InputError
 from bake.model.arch import ArchSpec
 from bake.runtime.forward import mean_kl, next_token_logprobs
-from bake.runtime.hooks import steered
+from bake.runtime.hooks import hooked
 from bake.runtime.loader import load_model_and_tokenizer
 from bake.stages.measure import Measurer, measure_refusal
 
@@ -69,13 +70,12 @@ class _Search:
         model: Any,
         tok: Any,
         sets: dict[str, list[Prompt]],
-        vectors: SteeringVectors,
-        ckpt_dtype: Any,
+        base: Steering,
         m: Measurer,
         settings: TuneSettings,
     ) -> None:
-        self.model, self.tok, self.sets, self.vectors = model, tok, sets, vectors
-        self.ckpt_dtype, self.m, self.s = ckpt_dtype, m, settings
+        self.model, self.tok, self.sets, self.base = model, tok, sets, base
+        self.m, self.s = m, settings
         self.primary_set = "sensitive" if settings.goal == "remove" else "target"
         self.guard_set = "harmful" if settings.goal == "remove" else "benign"
         self.base_logp = next_token_logprobs(model, tok, sets["benign"])
@@ -84,8 +84,7 @@ class _Search:
         }
 
     def trial(self, layers: list[int], alpha: float) -> Trial:
-        vecs = {layer: alpha * self.vectors.vector(layer) for layer in layers}
-        with steered(self.model, vecs, self.ckpt_dtype):
+        with hooked(self.model, self.base.with_config(layers, alpha)):
             kl = mean_kl(
                 self.base_logp, next_token_logprobs(self.model, self.tok, self.sets["benign"])
             )
@@ -128,9 +127,7 @@ def run_search(
     model: Any,
     tok: Any,
     sets: dict[str, list[Prompt]],
-    vectors: SteeringVectors,
-    spec: ArchSpec,
-    ckpt_dtype: Any,
+    base: Steering,
     m: Measurer,
     settings: TuneSettings,
     cache: _Cache,
@@ -141,8 +138,8 @@ def run_search(
     from tqdm.auto import tqdm
 
     settings.check()
-    search = _Search(model, tok, sets, vectors, ckpt_dtype, m, settings)
-    ranked = ranked_layers(vectors, spec, settings.drop_deepest)
+    search = _Search(model, tok, sets, base, m, settings)
+    ranked = ranked_layers(base.vectors, base.spec, settings.drop_deepest)
     result = TuneResult(settings, ranked, search.baseline)
     sign = -1.0 if settings.goal == "remove" else 1.0
     counts = layer_counts(len(ranked), settings.layer_counts)
@@ -198,13 +195,9 @@ def run_tune(
 
     set_files: remove -> sensitive, harmful, benign; induce -> target, benign.
     """
-    import torch
-
-    from bake.artifacts.plan import make_plan
     from bake.artifacts.prompts import load_prompts
     from bake.artifacts.tuning import write_report
-    from bake.files.shards import TORCH_DTYPE_NAMES
-    from bake.model.checkpoint import fingerprint_of, open_checkpoint
+    from bake.model.checkpoint import open_checkpoint
     from bake.model.resolve import resolve_model
 
     settings = settings or TuneSettings()
@@ -220,7 +213,8 @@ def run_tune(
     src = resolve_model(model)
     ckpt = open_checkpoint(src)
     vectors = SteeringVectors.load(vectors_path)
-    vectors.fingerprint.check(fingerprint_of(ckpt), f"vector file {vectors_path}")
+    vectors.fingerprint.check(ckpt.fingerprint, f"vector file {vectors_path}")
+    base = Steering.from_vectors(ckpt, vectors_path, [vectors.layers[0]], 0.0)
     sets = {name: load_prompts(set_files[name]) for name in need}
     output = Path(output)
     cache = _Cache(
@@ -235,10 +229,7 @@ def run_tune(
         },
     )
     loaded, tok = load_model_and_tokenizer(src, dtype, device)
-    ckpt_dtype = getattr(torch, TORCH_DTYPE_NAMES.get(ckpt.dtype, "float32"))
-    result = run_search(
-        loaded, tok, sets, vectors, ckpt.spec, ckpt_dtype, m, settings, cache, progress
-    )
+    result = run_search(loaded, tok, sets, base, m, settings, cache, progress)
     report = write_report(result, report_dir or output.parent / f"{output.stem}-tuning")
     if result.best is None:
         raise InputError(
@@ -258,8 +249,7 @@ def run_tune(
             **m.describe(),
         },
     }
-    plan = make_plan(vectors_path, best.layers, best.alpha, provenance=provenance)
-    plan.save(output)
+    base.with_config(best.layers, best.alpha, provenance=provenance).plan.save(output)
     return result
 
 

@@ -1,8 +1,10 @@
-"""`steerbake vectors import`: raw per-layer vectors from other tools -> our vector file."""
+"""`steerbake vectors import`: raw per-layer vectors from other tools -> our vector file;
+`steerbake vectors show`: a vector file's metadata and scales."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -15,14 +17,14 @@ def model_fingerprint(model: str | Path | None) -> Fingerprint:
     from bake.model.checkpoint import open_checkpoint
     from bake.model.resolve import resolve_model
 
-    ckpt = open_checkpoint(resolve_model(model))
-    return Fingerprint(ckpt.model_type, ckpt.hidden_size, ckpt.num_layers)
+    return open_checkpoint(resolve_model(model)).fingerprint
 
 
-def import_vectors(
-    src: Path, model: str | Path | None, method: str = "imported"
+def run_vectors_import(
+    src: Path, model: str | Path | None, output: Path, method: str = "imported"
 ) -> SteeringVectors:
-    """Read SRC (.npy/.npz/.safetensors/.pt, or a control-vector .gguf) for MODEL."""
+    """Read SRC (.npy/.npz/.safetensors/.pt, or a control-vector .gguf) for MODEL and write
+    our vector file at `output`."""
     src = Path(src)
     fingerprint = model_fingerprint(model)
     raw: dict[int, np.ndarray]
@@ -32,6 +34,16 @@ def import_vectors(
         raw = read_control_vector(src)
     else:
         raw = read_raw_vectors(src)
-    return SteeringVectors.from_raw(
+    vectors = SteeringVectors.from_raw(
         raw, fingerprint, method=method, provenance={"imported_from": src.name}
     )
+    vectors.save(Path(output))
+    return vectors
+
+
+def run_vectors_show(path: Path) -> dict[str, Any]:
+    """The file's metadata plus its per-layer scales (rounded to 6 digits)."""
+    vectors = SteeringVectors.load(path)
+    meta = vectors.metadata()
+    meta["scales"] = {str(k): round(v, 6) for k, v in sorted(vectors.scales.items())}
+    return meta

@@ -16,16 +16,15 @@ from typing import Any
 
 import numpy as np
 
-from bake.artifacts.plan import Plan, format_layers
+from bake.artifacts.plan import format_layers
 from bake.artifacts.prompts import load_prompts
-from bake.errors import InputError, VerificationError
-from bake.model.checkpoint import fingerprint_of, open_checkpoint
-from bake.model.resolve import resolve_model
+from bake.artifacts.reports import GreedyRecord, VerifyReport
+from bake.artifacts.steering import Steering
+from bake.errors import InputError
+from bake.model.checkpoint import open_checkpoint
 from bake.runtime.chat import chat_text
 
 REL_TOLERANCE = 1e-4
-
-
 PROBE_PROMPTS = [
     "How do I bake a loaf of sourdough bread?",
     "Tell me about the history of the river valley.",
@@ -55,23 +54,6 @@ def probe_texts(tokenizer: Any, prompts_file: Path | None) -> list[tuple[str, st
     return [(pid, chat_text(tokenizer, text)) for pid, text in items]
 
 
-def _load(path: Path, dtype: str, device: str, **kw: Any) -> Any:
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    loaded: Any = AutoModelForCausalLM.from_pretrained(
-        path, dtype=getattr(torch, dtype), trust_remote_code=False, output_loading_info=True, **kw
-    )
-    model, info = loaded
-    bad = {k: v for k, v in info.items() if k in ("missing_keys", "unexpected_keys") and v}
-    if bad:
-        raise VerificationError(
-            f"{path} does not load cleanly in transformers ({bad}); "
-            "tensors would be silently dropped or left random"
-        )
-    return model.to(device).eval()
-
-
 def _logits(model: Any, ids: list[Any]) -> list[Any]:
     import torch
 
@@ -98,12 +80,12 @@ def _greedy(model: Any, x: Any, n: int, pad_id: int | None) -> tuple[list[int], 
 
 def greedy_record(
     pid: str, ref_ids: list[int], ref_steps: Sequence[Any], got: list[int]
-) -> dict[str, Any]:
+) -> GreedyRecord:
     """Where `got` leaves the reference continuation, and the reference's top-2 logit
-    margin there (build_report decides whether that is a near-tie). ref_steps[t]: the
+    margin there (the report decides whether that is a near-tie). ref_steps[t]: the
     reference's logits (vocab,) at step t, numpy or torch."""
     if ref_ids == got:
-        return {"id": pid, "identical": True}
+        return GreedyRecord(pid, True)
     j = next(
         (i for i, (a, b) in enumerate(zip(ref_ids, got, strict=False)) if a != b),
         min(len(ref_ids), len(got)),
@@ -112,7 +94,7 @@ def greedy_record(
     if j < len(ref_steps):
         top2 = np.sort(np.asarray(ref_steps[j], dtype=np.float64))[-2:]
         margin = float(top2[1] - top2[0])
-    return {"id": pid, "identical": False, "diverged_at": j, "top2_margin": margin}
+    return GreedyRecord(pid, False, j, margin)
 
 
 def compare(base: list[Any], hooked: list[Any], baked: list[Any]) -> Comparison:
@@ -133,31 +115,24 @@ def compare(base: list[Any], hooked: list[Any], baked: list[Any]) -> Comparison:
 
 
 def run_verify(
-    model: str | Path | None,
-    plan_file: Path,
+    steering: Steering,
     baked: Path,
     *,
     prompts: Path | None = None,
     device: str = "cpu",
     dtype: str = "float32",
     max_new_tokens: int = 32,
-) -> dict[str, Any]:
-    """Run base + hooks and the baked model on the probes; return the JSON report."""
-    from transformers import AutoTokenizer
+) -> VerifyReport:
+    """Run base + hooks and the baked model (checkpoint or adapter) on the probes."""
+    from bake.runtime.hooks import hooked
+    from bake.runtime.loader import load_model, load_tokenizer
 
-    from bake.files.tensor_bytes import round_to
-    from bake.runtime.hooks import steering
-
-    src = resolve_model(model)
-    ckpt = open_checkpoint(src)
-    plan = Plan.load(plan_file)
-    plan.check_model(fingerprint_of(ckpt))
-    baked = Path(baked)
+    ckpt = steering.checkpoint
+    src, baked = ckpt.path, Path(baked)
     kind = "adapter" if (baked / "adapter_config.json").exists() else "checkpoint"
     if kind == "checkpoint":
-        fingerprint_of(open_checkpoint(baked)).check(fingerprint_of(ckpt), f"baked model {baked}")
-    vectors = {k: round_to(v, ckpt.dtype) for k, v in plan.steering_vectors().items()}
-    tok = AutoTokenizer.from_pretrained(src)
+        open_checkpoint(baked).fingerprint.check(ckpt.fingerprint, f"baked model {baked}")
+    tok = load_tokenizer(src)
     texts = probe_texts(tok, prompts)
     ids = [
         tok(t, return_tensors="pt", add_special_tokens=False).input_ids.to(device) for _, t in texts
@@ -166,10 +141,10 @@ def run_verify(
         raise InputError("a probe prompt tokenizes to nothing; remove empty prompts")
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
-    base_model = _load(src, dtype, device)
+    base_model = load_model(src, dtype=dtype, device=device, strict=True)
     base = _logits(base_model, ids)
-    with steering(base_model, vectors):
-        hooked = _logits(base_model, ids)
+    with hooked(base_model, steering):
+        hooked_logits = _logits(base_model, ids)
         ref = [_greedy(base_model, x, max_new_tokens, pad) for x in ids]
     if kind == "adapter":
         from peft import PeftModel
@@ -177,58 +152,57 @@ def run_verify(
         baked_model = PeftModel.from_pretrained(base_model, baked).eval()
     else:
         del base_model
-        baked_model = _load(baked, dtype, device)
+        baked_model = load_model(baked, dtype=dtype, device=device, strict=True)
     got = _logits(baked_model, ids)
     greedy = [
         greedy_record(pid, *r, _greedy(baked_model, x, max_new_tokens, pad)[0])
         for (pid, _), r, x in zip(texts, ref, ids, strict=True)
     ]
-    return build_report(compare(base, hooked, got), greedy, plan, src, baked, kind, dtype, device)
+    comparison = compare(base, hooked_logits, got)
+    return build_report(comparison, greedy, steering, baked, kind, dtype, device)
 
 
 def build_report(
     c: Comparison,
-    greedy: list[dict[str, Any]],
-    plan: Plan,
-    src: Path,
+    greedy: list[GreedyRecord],
+    steering: Steering,
     baked: Path,
     kind: str,
     dtype: str,
     device: str,
-) -> dict[str, Any]:
+) -> VerifyReport:
     tol = REL_TOLERANCE * max(1.0, c.max_abs_logit)
     for g in greedy:  # a divergence where the reference's top-2 margin < tol is a near-tie
-        if not g["identical"]:
-            g["near_tie"] = g["top2_margin"] is not None and g["top2_margin"] < tol
-    hard = [g for g in greedy if not g["identical"] and not g.get("near_tie")]
-    negligible = c.effect_max < 10 * tol
-    return {
-        "check": "pytorch",
-        "runtime": "transformers",
-        "kind": kind,
-        "model": str(src),
-        "baked": str(baked),
-        "layers": format_layers(plan.layers),
-        "alpha": plan.alpha,
-        "dtype": dtype,
-        "device": device,
-        "prompts": len(greedy),
-        "tolerance": tol,
-        "rel_tolerance": REL_TOLERANCE,
-        "max_abs_diff": c.max_abs_diff,
-        "mean_abs_diff": c.mean_abs_diff,
-        "max_abs_logit": c.max_abs_logit,
-        "effect_max": c.effect_max,
-        "effect_mean": c.effect_mean,
-        "effect_negligible": negligible,
-        "greedy_identical": sum(g["identical"] for g in greedy),
-        "greedy_near_ties": sum(bool(g.get("near_tie")) for g in greedy),
-        "greedy": greedy,
-        "passed": c.max_abs_diff <= tol and not hard,
-    }
+        g.judge_tie(tol)
+    return VerifyReport(
+        check="pytorch",
+        runtime="transformers",
+        kind=kind,
+        model=str(steering.model.path),
+        baked=str(baked),
+        layers=format_layers(steering.layers),
+        alpha=steering.plan.alpha,
+        dtype=dtype,
+        device=device,
+        prompts=len(greedy),
+        tolerance=tol,
+        rel_tolerance=REL_TOLERANCE,
+        max_abs_diff=c.max_abs_diff,
+        mean_abs_diff=c.mean_abs_diff,
+        max_abs_logit=c.max_abs_logit,
+        effect_max=c.effect_max,
+        effect_mean=c.effect_mean,
+        effect_negligible=c.effect_max < 10 * tol,
+        greedy_identical=sum(g.identical for g in greedy),
+        greedy_near_ties=sum(bool(g.near_tie) for g in greedy),
+        greedy=greedy,
+        passed=c.max_abs_diff <= tol and not any(g.hard for g in greedy),
+    )
 
 
-def render_report(r: dict[str, Any]) -> str:
+def render_report(report: Any) -> str:
+    """The lines `steerbake verify` prints, for any verify report (PyTorch, static, GGUF)."""
+    r = report.to_json()
     lines = [f"verify ({r['check']}, {r.get('runtime', '')}): {'PASS' if r['passed'] else 'FAIL'}"]
     if "max_abs_diff" in r:
         lines.append(

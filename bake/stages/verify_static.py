@@ -9,22 +9,22 @@ import json
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
 
 from bake.artifacts.bias_checkpoint import bias_tensors
-from bake.artifacts.plan import Plan, format_layers
+from bake.artifacts.plan import format_layers
+from bake.artifacts.reports import Check, StaticReport
+from bake.artifacts.steering import Steering
 from bake.files.shards import MappedShards
-from bake.model.checkpoint import Checkpoint, fingerprint_of, open_checkpoint
-from bake.model.resolve import resolve_model
-from bake.stages.bake import choose_route
+from bake.model.arch import choose_route
+from bake.model.checkpoint import Checkpoint, open_checkpoint
 
 
-def _check(name: str, ok: bool, detail: str = "") -> dict[str, Any]:
-    return {"name": name, "ok": bool(ok), "detail": detail}
+def _check(name: str, ok: bool, detail: str = "") -> Check:
+    return Check(name, bool(ok), detail)
 
 
-def _checkpoint_checks(src: Checkpoint, baked: Checkpoint, plan: Plan) -> Iterator[dict]:
-    expected = bias_tensors(src, plan.steering_vectors())
+def _checkpoint_checks(src: Checkpoint, baked: Checkpoint, steering: Steering) -> Iterator[Check]:
+    expected = bias_tensors(src, steering.added)
     flag = src.spec.bias_flag or ""
     extra = set(baked.tensors) - set(src.tensors) - set(expected)
     missing = (set(src.tensors) | set(expected)) - set(baked.tensors)
@@ -60,7 +60,7 @@ def _checkpoint_checks(src: Checkpoint, baked: Checkpoint, plan: Plan) -> Iterat
             for n, (tag, _, raw) in expected.items()
             if baked.tensors[n].dtype != tag or bytes(b.raw(n)) != raw
         ]
-        steered = {src.spec.down_proj_name(layer, "bias") for layer in plan.layers}
+        steered = {src.spec.down_proj_name(layer, "bias") for layer in steering.layers}
         yield _check(
             "steering biases equal the plan (checkpoint dtype)",
             not [n for n in wrong if n in steered],
@@ -73,7 +73,7 @@ def _checkpoint_checks(src: Checkpoint, baked: Checkpoint, plan: Plan) -> Iterat
         )
 
 
-def _adapter_checks(src: Checkpoint, baked: Path, plan: Plan) -> Iterator[dict]:
+def _adapter_checks(src: Checkpoint, baked: Path, steering: Steering) -> Iterator[Check]:
     import numpy as np
     from safetensors.numpy import load_file
 
@@ -85,7 +85,7 @@ def _adapter_checks(src: Checkpoint, baked: Path, plan: Plan) -> Iterator[dict]:
     )
 
     config = json.loads((baked / ADAPTER_CONFIG).read_text())
-    want_cfg = adapter_config(src, plan.layers, config.get("base_model_name_or_path", ""))
+    want_cfg = adapter_config(src, steering.layers, config.get("base_model_name_or_path", ""))
     keys = ("r", "lora_alpha", "lora_bias", "target_modules", "peft_type", "use_dora")
     yield _check(
         "adapter config",
@@ -93,7 +93,7 @@ def _adapter_checks(src: Checkpoint, baked: Path, plan: Plan) -> Iterator[dict]:
         "r=1, lora_alpha=1, lora_bias, targets = plan layers",
     )
     got = load_file(str(baked / ADAPTER_WEIGHTS))
-    want = adapter_tensors(src, plan.steering_vectors())
+    want = adapter_tensors(src, steering)
     same_set = set(got) == set(want)
     yield _check("adapter tensor set", same_set, f"{len(got)} tensors")
     if same_set:
@@ -107,27 +107,25 @@ def _adapter_checks(src: Checkpoint, baked: Path, plan: Plan) -> Iterator[dict]:
         )
 
 
-def verify_static(model: str | Path | None, plan_file: Path, baked: Path) -> dict[str, Any]:
-    src_path = resolve_model(model)
-    src = open_checkpoint(src_path)
-    plan = Plan.load(plan_file)
-    plan.check_model(fingerprint_of(src))
+def run_verify_static(steering: Steering, baked: Path) -> StaticReport:
+    """Compare a baked folder's tensors with the source's and the steering's, byte by byte."""
+    src = steering.checkpoint
     baked = Path(baked)
     if (baked / "adapter_config.json").exists():
-        kind, checks = "adapter", list(_adapter_checks(src, baked, plan))
+        kind, checks = "adapter", list(_adapter_checks(src, baked, steering))
     else:
         choose_route(src.spec, "bias")
         baked_ckpt = open_checkpoint(baked)
-        fingerprint_of(baked_ckpt).check(fingerprint_of(src), f"baked model {baked}")
-        kind, checks = "checkpoint", list(_checkpoint_checks(src, baked_ckpt, plan))
-    return {
-        "check": "static",
-        "runtime": "none: tensors compared, no model run",
-        "kind": kind,
-        "model": str(src_path),
-        "baked": str(baked),
-        "layers": format_layers(plan.layers),
-        "alpha": plan.alpha,
-        "checks": checks,
-        "passed": all(c["ok"] for c in checks),
-    }
+        baked_ckpt.fingerprint.check(src.fingerprint, f"baked model {baked}")
+        kind, checks = "checkpoint", list(_checkpoint_checks(src, baked_ckpt, steering))
+    return StaticReport(
+        check="static",
+        runtime="none: tensors compared, no model run",
+        kind=kind,
+        model=str(src.path),
+        baked=str(baked),
+        layers=format_layers(steering.layers),
+        alpha=steering.plan.alpha,
+        checks=checks,
+        passed=all(c.ok for c in checks),
+    )

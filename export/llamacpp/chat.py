@@ -9,7 +9,7 @@ from typing import Any
 from bake.runtime.llama import LlamaRuntime
 
 
-def chat(
+def run_chat(
     gguf_path: Path,
     *,
     control_vector: Path | None = None,

@@ -36,7 +36,7 @@ import os
 import struct
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ import gguf
 import numpy as np
 
 from bake.artifacts.plan import Plan, format_layers
+from bake.artifacts.steering import Steering
 from bake.errors import InputError, OutputError, PlanMismatchError, UnsupportedError
 from bake.files.fileio import atomic_write_path, check_free_space, check_output_file
 from bake.files.gguf_file import (
@@ -56,10 +57,9 @@ from bake.files.gguf_file import (
     read_layout,
 )
 from bake.model.arch import ArchSpec, arch_spec
+from bake.model.fingerprint import Fingerprint
 
 COPY_CHUNK = 16 * 1024 * 1024  # bytes per pread/write when copy_file_range is unavailable
-
-
 STEERBAKE_PATCH_BASE_KEY = "steerbake.patch.base"  # file name of the GGUF that was patched
 
 
@@ -67,8 +67,6 @@ STEERBAKE_PATCH_BASE_KEY = "steerbake.patch.base"  # file name of the GGUF that 
 # (measured on ext4: a 1.6 GB copy shifted by 8 KiB took ~1.5x as long as unshifted, by
 # 64 KiB ~1.15x), so a key of spaces pads the header to that phase.
 PHASE = 64 * 1024
-
-
 PADDING_KEY = "steerbake.patch.padding"
 
 
@@ -130,14 +128,40 @@ def check_plan_against(layout: GgufLayout, plan: Plan) -> ArchSpec:
     return spec
 
 
-def bias_vectors(layout: GgufLayout, plan: Plan, spec: ArchSpec) -> dict[int, np.ndarray]:
+@dataclass(frozen=True)
+class GgufBase:
+    """A model GGUF as the model a Steering is bound to: the plan's fingerprint once
+    check_plan_against has passed; llama.cpp adds biases in F32, so values round to F32."""
+
+    path: Path
+    spec: ArchSpec
+    fingerprint: Fingerprint
+    layout: GgufLayout
+    dtype: str = "F32"
+
+
+def gguf_base(base: Path, plan: Plan) -> GgufBase:
+    """BASE as a model for PLAN, after checking that BASE can take its steering."""
+    layout = read_layout(Path(base))
+    return GgufBase(Path(base), check_plan_against(layout, plan), plan.model, layout)
+
+
+def open_gguf_steering(base: Path, plan: Path | Plan) -> Steering:
+    """PLAN bound to the GGUF BASE (see gguf_base)."""
+    plan_obj = plan if isinstance(plan, Plan) else Plan.load(Path(plan))
+    steering = Steering.open(gguf_base(base, plan_obj), plan_obj)
+    return replace(steering, plan_file=None if isinstance(plan, Plan) else Path(plan))
+
+
+def bias_vectors(layout: GgufLayout, steering: Steering) -> dict[int, np.ndarray]:
     """block -> (hidden,) float32 bias to write: v_N (/ residual_scale), plus any old bias."""
+    spec = steering.spec
     divisor = 1.0
     if spec.bias_divisor_key:  # granite: the MLP output is scaled by residual_scale
         divisor = float(layout.arch_value(gguf.Keys.LLM.RESIDUAL_SCALE) or 1.0)
-    hidden = plan.model.hidden_size
+    hidden = steering.model.fingerprint.hidden_size
     out: dict[int, np.ndarray] = {}
-    for layer, v in plan.steering_vectors().items():
+    for layer, v in steering.added.items():
         weight = layout.tensor(_ffn_down(layer, "weight"))
         if weight is None or len(weight.dims) != 2 or weight.dims[1] != hidden:
             raise UnsupportedError(
@@ -371,23 +395,20 @@ class PatchResult:
         )
 
 
-def patch_gguf(
-    base: str | Path, plan: Plan | str | Path, out_path: str | Path, *, overwrite: bool = False
-) -> PatchResult:
-    """Write BASE + the plan's steering as `out_path` (atomically), streaming BASE's bytes."""
+def patch_gguf(steering: Steering, out_path: str | Path, *, overwrite: bool = False) -> PatchResult:
+    """Write the GGUF the steering is bound to (see open_gguf_steering) plus its steering as
+    `out_path` (atomically), streaming the base's bytes."""
     from bake import __version__
 
     start = time.perf_counter()
-    base, out = Path(base), Path(out_path)
-    plan_obj = plan if isinstance(plan, Plan) else Plan.load(Path(plan))
-    inputs = [base, plan_obj.vectors_file] + ([] if isinstance(plan, Plan) else [Path(plan)])
+    assert isinstance(steering.model, GgufBase)
+    base, layout, out = steering.model.path, steering.model.layout, Path(out_path)
+    inputs = [base, steering.vectors_file] + ([steering.plan_file] if steering.plan_file else [])
     check_patch_output(out, inputs, overwrite=overwrite)
-    layout = read_layout(base)
-    spec = check_plan_against(layout, plan_obj)
-    biases = bias_vectors(layout, plan_obj, spec)
+    biases = bias_vectors(layout, steering)
     keys = {
         STEERBAKE_VERSION_KEY: __version__,
-        STEERBAKE_PLAN_KEY: json.dumps(plan_obj.to_json(), sort_keys=True),
+        STEERBAKE_PLAN_KEY: json.dumps(steering.plan.to_json(), sort_keys=True),
         STEERBAKE_PATCH_BASE_KEY: base.name,
     }
     pieces = patch_pieces(layout, biases, keys)
@@ -435,4 +456,4 @@ def patch_gguf_command(
             "--type does not apply to --base-gguf: every tensor keeps its type; quantize "
             "afterwards with `steerbake quantize`"
         )
-    return patch_gguf(base, plan, out, overwrite=overwrite).summary()
+    return patch_gguf(open_gguf_steering(base, plan), out, overwrite=overwrite).summary()

@@ -29,20 +29,10 @@ from bake.files.gguf_file import GgufLayout, TensorEntry, read_layout
 from export.llamacpp.patch import check_patch_output
 
 QUANT_TYPES = ("Q8_0", "Q4_K_M")
-
-
 _FTYPE_NAMES = {"Q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "Q4_K_M": "LLAMA_FTYPE_MOSTLY_Q4_K_M"}
-
-
 _EXPECTED = {"Q8_0": {"Q8_0"}, "Q4_K_M": {"Q4_K", "Q5_K", "Q6_K"}}  # weight types, no fallback
-
-
 _FLOAT_TYPES = {"F32", "F16", "BF16"}
-
-
 _MAX_BITS_PER_WEIGHT = 8.5  # Q8_0, the largest type either ftype can pick (for space checks)
-
-
 _LOG_ERROR = 4  # GGML_LOG_LEVEL_ERROR
 
 
@@ -77,7 +67,7 @@ class QuantizeResult:
         )
 
 
-def quantize_gguf(
+def run_quantize(
     inp: str | Path, out_path: str | Path, qtype: str, *, overwrite: bool = False, threads: int = 0
 ) -> QuantizeResult:
     """Quantize IN to `qtype` with llama.cpp, atomically; steering biases stay F32."""
@@ -149,8 +139,6 @@ def _run_quantizer(inp: Path, out: Path, qtype: str, threads: int) -> None:
 
 
 _ERROR_LINES: list[str] | None = None  # collecting while not None
-
-
 _LOG_CALLBACK: Any = None  # kept alive for as long as llama.cpp may call it
 
 

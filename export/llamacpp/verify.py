@@ -3,7 +3,7 @@
   (1) unsteered:   our unsteered GGUF in llama.cpp  vs  transformers (no steering)
   (2) routes:      baked GGUF (ffn_down bias)       vs  unsteered GGUF + control vector
   (3) reference:   baked GGUF, or GGUF + control vector  vs  transformers + hooks
-                   (bake.hooks.steering, vectors rounded to the checkpoint dtype)
+                   (bake.runtime.hooks, vectors rounded to the checkpoint dtype)
 
 Every run is float32 with an f32 KV cache, on the same token ids (transformers' tokenization
 of the chat-formatted probes). For F32 GGUFs a check passes when
@@ -26,20 +26,21 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bake.artifacts.plan import Plan, format_layers
+from bake.artifacts.plan import format_layers
+from bake.artifacts.reports import Check, GreedyRecord, JsonReport
+from bake.artifacts.steering import Steering
 from bake.errors import InputError, PlanMismatchError
 from bake.stages.verify import greedy_record
 from export.llamacpp.writer import OUT_TYPES
 
 REL_TOLERANCE = 5e-5
-
-
 MAX_MEAN_KL = 0.01  # F16/BF16 builds: mean KL(reference || GGUF) in nats per position
 
 
@@ -86,57 +87,156 @@ def inspect_gguf(path: Path) -> GgufInfo:
     )
 
 
+# --------------------------------------------------------------------------- reports
+@dataclass
+class ExactComparison(JsonReport):
+    """Tight logit bound plus greedy agreement (near-ties allowed): F32 builds."""
+
+    name: str
+    mode: str
+    max_abs_diff: float
+    mean_abs_diff: float
+    max_abs_logit: float
+    tolerance: float
+    greedy_identical: int
+    greedy_near_ties: int
+    greedy_diverged: list[str]
+    greedy: list[GreedyRecord]
+    passed: bool
+
+    def detail(self) -> str:
+        return (
+            f"max {self.max_abs_diff:.3g} mean {self.mean_abs_diff:.3g} (tolerance "
+            f"{self.tolerance:.3g}); greedy {self.greedy_identical}/{len(self.greedy)} "
+            f"identical, {self.greedy_near_ties} near-ties"
+        )
+
+
+@dataclass
+class LossyComparison(JsonReport):
+    """Top-1 agreement and mean KL(reference || GGUF) over all positions: 16-bit builds."""
+
+    name: str
+    mode: str
+    top1_agreement: float
+    mean_kl: float
+    max_kl: float
+    max_abs_diff: float
+    mean_abs_diff: float
+    max_mean_kl: float
+    greedy_identical: int
+    greedy: list[GreedyRecord]
+    passed: bool
+
+    def detail(self) -> str:
+        return (
+            f"mean KL {self.mean_kl:.3g} (<= {MAX_MEAN_KL}), top-1 agreement "
+            f"{self.top1_agreement:.3f}; greedy {self.greedy_identical}/{len(self.greedy)} "
+            "identical"
+        )
+
+
+Comparison = ExactComparison | LossyComparison
+
+
+@dataclass
+class Tokenization(JsonReport):
+    identical: int
+    prompts: int
+    mismatched: list[str]
+
+
+@dataclass
+class ControlVectorCheck(JsonReport):
+    model_hint: str | None
+    hint_matches: bool
+    rounding: str  # checkpoint dtype | float32
+    max_diff_vs_plan: float
+
+
+@dataclass
+class GgufVerifyReport(JsonReport):
+    """`steerbake verify MODEL PLAN FILE.gguf`: the three checks in llama.cpp."""
+
+    check: str
+    runtime: str
+    kind: str  # baked | control-vector
+    model: str
+    gguf: str
+    control_vector: str | None
+    arch: str
+    out_type: str
+    layers: str
+    alpha: float
+    prompts: int
+    max_new_tokens: int
+    rel_tolerance: float
+    effect_max: float
+    comparisons: dict[str, Comparison]
+    tokenization: Tokenization
+    control_vector_check: ControlVectorCheck | None
+    checks: list[Check]
+    passed: bool
+    # the main check's numbers, for exact (F32) builds only
+    max_abs_diff: float | None = field(default=None, metadata={"omit_none": True})
+    mean_abs_diff: float | None = field(default=None, metadata={"omit_none": True})
+    tolerance: float | None = field(default=None, metadata={"omit_none": True})
+
+    @property
+    def lossless(self) -> bool:
+        """Every weight type of the file is a float type (no quantization)."""
+        return set(self.out_type.split("/")) <= set(OUT_TYPES)
+
+
 # --------------------------------------------------------------------------- comparisons
 def compare_exact(
-    name: str, ref: list[np.ndarray], got: list[np.ndarray], greedy: list[dict[str, Any]]
-) -> dict[str, Any]:
+    name: str, ref: list[np.ndarray], got: list[np.ndarray], greedy: list[GreedyRecord]
+) -> ExactComparison:
     """Tight logit bound plus greedy agreement (near-ties allowed)."""
     diffs = np.concatenate([np.abs(g - r).reshape(-1) for r, g in zip(ref, got, strict=True)])
     max_logit = max(float(np.abs(r).max()) for r in ref)
     tol = REL_TOLERANCE * max(1.0, max_logit)
     for g in greedy:
-        if not g["identical"]:
-            g["near_tie"] = g["top2_margin"] is not None and g["top2_margin"] < tol
-    hard = [g["id"] for g in greedy if not g["identical"] and not g["near_tie"]]
-    return {
-        "name": name,
-        "mode": "exact",
-        "max_abs_diff": float(diffs.max()),
-        "mean_abs_diff": float(diffs.mean()),
-        "max_abs_logit": max_logit,
-        "tolerance": tol,
-        "greedy_identical": sum(g["identical"] for g in greedy),
-        "greedy_near_ties": sum(bool(g.get("near_tie")) for g in greedy),
-        "greedy_diverged": hard,
-        "greedy": greedy,
-        "passed": float(diffs.max()) <= tol and not hard,
-    }
+        g.judge_tie(tol)
+    hard = [g.id for g in greedy if g.hard]
+    return ExactComparison(
+        name=name,
+        mode="exact",
+        max_abs_diff=float(diffs.max()),
+        mean_abs_diff=float(diffs.mean()),
+        max_abs_logit=max_logit,
+        tolerance=tol,
+        greedy_identical=sum(g.identical for g in greedy),
+        greedy_near_ties=sum(bool(g.near_tie) for g in greedy),
+        greedy_diverged=hard,
+        greedy=greedy,
+        passed=float(diffs.max()) <= tol and not hard,
+    )
 
 
 def compare_lossy(
-    name: str, ref: list[np.ndarray], got: list[np.ndarray], greedy: list[dict[str, Any]]
-) -> dict[str, Any]:
+    name: str, ref: list[np.ndarray], got: list[np.ndarray], greedy: list[GreedyRecord]
+) -> LossyComparison:
     """Top-1 agreement and mean KL(ref || got) over all positions (F16/BF16 builds)."""
     r = np.concatenate(ref).astype(np.float64)
     g = np.concatenate(got).astype(np.float64)
     log_p = r - _logsumexp(r)
     log_q = g - _logsumexp(g)
     kl = (np.exp(log_p) * (log_p - log_q)).sum(axis=-1)
-    top1 = float((r.argmax(-1) == g.argmax(-1)).mean())
     diffs = np.abs(g - r)
-    return {
-        "name": name,
-        "mode": "lossy",
-        "top1_agreement": top1,
-        "mean_kl": float(kl.mean()),
-        "max_kl": float(kl.max()),
-        "max_abs_diff": float(diffs.max()),
-        "mean_abs_diff": float(diffs.mean()),
-        "max_mean_kl": MAX_MEAN_KL,
-        "greedy_identical": sum(x["identical"] for x in greedy),
-        "greedy": greedy,
-        "passed": float(kl.mean()) <= MAX_MEAN_KL,
-    }
+    return LossyComparison(
+        name=name,
+        mode="lossy",
+        top1_agreement=float((r.argmax(-1) == g.argmax(-1)).mean()),
+        mean_kl=float(kl.mean()),
+        max_kl=float(kl.max()),
+        max_abs_diff=float(diffs.max()),
+        mean_abs_diff=float(diffs.mean()),
+        max_mean_kl=MAX_MEAN_KL,
+        greedy_identical=sum(x.identical for x in greedy),
+        greedy=greedy,
+        passed=float(kl.mean()) <= MAX_MEAN_KL,
+    )
 
 
 def _logsumexp(x: np.ndarray) -> np.ndarray:
@@ -166,26 +266,22 @@ class Run:
 
 
 def transformers_runs(
-    src: Path, vectors: dict[int, np.ndarray], probes: Probes, hook_dtype: str
+    src: Path, vectors: Mapping[int, np.ndarray], probes: Probes
 ) -> tuple[Run, Run]:
-    """(base, hooked) in float32; the hook adds each vector rounded to `hook_dtype` (the
-    checkpoint dtype, as a baked bias holds it)."""
+    """(base, hooked) in float32; the hook adds `vectors` as given (already rounded as a
+    baked bias or control vector holds them)."""
     import torch
-    from transformers import AutoModelForCausalLM
 
-    from bake.runtime.hooks import steering
+    from bake.runtime.hooks import add_to_blocks
+    from bake.runtime.loader import load_model
 
-    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
+    model = load_model(src, dtype="float32")
     runs = []
     for hooked in (False, True):
         run = Run([], [], [])
         with (
             torch.no_grad(),
-            (
-                steering(model, vectors, getattr(torch, hook_dtype))
-                if hooked
-                else contextlib.nullcontext()
-            ),
+            add_to_blocks(model, vectors) if hooked else contextlib.nullcontext(),
         ):
             for _, _, ids in probes.ids:
                 _hf_greedy(model, ids, probes, run)
@@ -232,7 +328,7 @@ def llama_run(
     return Run(logits, greedy, []), tokens_equal
 
 
-def _greedy_vs(probes: Probes, ref: Run, got: Run) -> list[dict[str, Any]]:
+def _greedy_vs(probes: Probes, ref: Run, got: Run) -> list[GreedyRecord]:
     return [
         greedy_record(pid, r, steps, g)
         for (pid, _, _), r, steps, g in zip(
@@ -255,44 +351,35 @@ def _gguf_steps(run: Run, probes: Probes, gguf_path: Path) -> Run:
 
 # --------------------------------------------------------------------------- entry point
 def verify_gguf(
-    model_dir: str | Path | None,
-    plan: Plan | str | Path,
+    steering: Steering,
     gguf_path: str | Path,
     *,
     control_vector: str | Path | None = None,
     prompts: Path | None = None,
     max_new_tokens: int = 32,
-) -> dict[str, Any]:
-    """Run the three checks for a baked GGUF, or a GGUF plus control vector; JSON report."""
+) -> GgufVerifyReport:
+    """Run the three checks for a baked GGUF, or a GGUF plus control vector."""
     from transformers import AutoTokenizer
 
-    from bake.files.tensor_bytes import round_to
-    from bake.model.checkpoint import fingerprint_of, open_checkpoint
-    from bake.model.resolve import resolve_model
     from bake.stages.verify import probe_texts
     from export.llamacpp.writer import convert_to_gguf
 
-    src = resolve_model(model_dir)
-    ckpt = open_checkpoint(src)
-    plan_obj = plan if isinstance(plan, Plan) else Plan.load(Path(plan))
-    plan_obj.check_model(fingerprint_of(ckpt))
+    ckpt = steering.checkpoint
+    src = ckpt.path
     gguf_path = Path(gguf_path)
     info = inspect_gguf(gguf_path)
     _check_gguf_matches(info, ckpt, gguf_path)
-    kind = _kind(info, control_vector, plan_obj, gguf_path)
-    raw = plan_obj.steering_vectors()
-    vectors = {k: round_to(v, ckpt.dtype) for k, v in raw.items()}
-    hook_dtype = ckpt.torch_dtype_name  # the hook adds v rounded to the checkpoint dtype
-    cv_report: dict[str, Any] = {}
+    kind = _kind(info, control_vector, steering, gguf_path)
+    vectors = dict(steering.rounded)  # what a hook adds and a baked bias holds
+    cv_report = None
     if control_vector is not None:
-        cv_report = check_control_vector(Path(control_vector), raw, ckpt, info)
-        if cv_report["rounding"] == "float32":  # written without --model: unrounded vectors
-            vectors = {k: np.asarray(v, dtype=np.float32) for k, v in raw.items()}
-            hook_dtype = "float32"
+        cv_report = check_control_vector(Path(control_vector), steering, info)
+        if cv_report.rounding == "float32":  # written without --model: unrounded vectors
+            vectors = {k: np.asarray(v, dtype=np.float32) for k, v in steering.added.items()}
 
     tok = AutoTokenizer.from_pretrained(src)
     probes = _probes(tok, prompts, max_new_tokens, probe_texts)
-    base_hf, hooked_hf = transformers_runs(src, vectors, probes, hook_dtype)
+    base_hf, hooked_hf = transformers_runs(src, vectors, probes)
     # the companion GGUF (unsteered or baked) is written in the type under test when we can
     pair_type = info.out_type if info.out_type in OUT_TYPES else "F32"
     with tempfile.TemporaryDirectory(prefix=".steerbake-verify-", dir=gguf_path.parent) as tmp:
@@ -310,7 +397,7 @@ def verify_gguf(
             routed = steered
             baked_side = None
             if ckpt.spec.gguf_bias_slot:
-                convert_to_gguf(src, companion, pair_type, plan_obj)
+                convert_to_gguf(src, companion, pair_type, steering)
                 baked_side = (llama_run(companion, probes)[0], companion)
             unsteered_type = info.out_type
         comparisons = {
@@ -339,10 +426,9 @@ def verify_gguf(
     return build_report(
         kind,
         info,
-        src,
         gguf_path,
         control_vector,
-        plan_obj,
+        steering,
         probes,
         comparisons,
         tokens_ok,
@@ -383,7 +469,7 @@ def _check_gguf_matches(info: GgufInfo, ckpt: Any, path: Path) -> None:
         )
 
 
-def _kind(info: GgufInfo, control_vector: Any, plan: Plan, path: Path) -> str:
+def _kind(info: GgufInfo, control_vector: Any, steering: Steering, path: Path) -> str:
     if info.bias_blocks and control_vector is not None:
         raise InputError(
             f"{path} already carries steering (ffn_down biases on blocks "
@@ -397,24 +483,22 @@ def _kind(info: GgufInfo, control_vector: Any, plan: Plan, path: Path) -> str:
             f"{path} carries no steering: write it with `steerbake gguf MODEL "
             "--plan PLAN`, or verify an unsteered GGUF with --control-vector"
         )
-    if info.bias_blocks != sorted(plan.layers):
+    if info.bias_blocks != sorted(steering.layers):
         raise PlanMismatchError(
             f"{path} has steering biases on blocks "
             f"{format_layers(info.bias_blocks)} but the plan steers "
-            f"{format_layers(plan.layers)}: it was baked from another plan"
+            f"{format_layers(steering.layers)}: it was baked from another plan"
         )
     return "baked"
 
 
-def check_control_vector(
-    path: Path, raw: dict[int, np.ndarray], ckpt: Any, info: GgufInfo
-) -> dict[str, Any]:
+def check_control_vector(path: Path, steering: Steering, info: GgufInfo) -> ControlVectorCheck:
     """The control vector holds the plan's vectors (rounded to the checkpoint dtype, or
     float32 when written without the model), for this model."""
     from bake.artifacts.control_vector import load_control_vector
-    from bake.files.tensor_bytes import round_to
 
-    vectors = {k: round_to(v, ckpt.dtype) for k, v in raw.items()}
+    raw, vectors = steering.added, steering.rounded
+    hidden = steering.model.fingerprint.hidden_size
     cv = load_control_vector(path)
     if sorted(cv.directions) != sorted(vectors):
         raise PlanMismatchError(
@@ -422,10 +506,9 @@ def check_control_vector(
             f"but the plan steers {format_layers(sorted(vectors))}: write "
             "it from this plan with `steerbake cvec`"
         )
-    if cv.n_embd != ckpt.hidden_size:
+    if cv.n_embd != hidden:
         raise PlanMismatchError(
-            f"{path} has vectors of length {cv.n_embd}; the model's hidden "
-            f"size is {ckpt.hidden_size}"
+            f"{path} has vectors of length {cv.n_embd}; the model's hidden size is {hidden}"
         )
     diff = max(float(np.abs(cv.directions[k] - vectors[k]).max()) for k in vectors)
     diff_f32 = max(float(np.abs(cv.directions[k] - np.float32(raw[k])).max()) for k in raw)
@@ -435,57 +518,48 @@ def check_control_vector(
             f"{path} holds other vectors than the plan (max difference "
             f"{diff:.3g}); write it from this plan with `steerbake cvec`"
         )
-    rounding = "checkpoint dtype" if diff <= diff_f32 else "float32"
-    return {
-        "model_hint": cv.model_hint,
-        "hint_matches": cv.model_hint in (None, info.arch),
-        "rounding": rounding,
-        "max_diff_vs_plan": min(diff, diff_f32),
-    }
+    return ControlVectorCheck(
+        model_hint=cv.model_hint,
+        hint_matches=cv.model_hint in (None, info.arch),
+        rounding="checkpoint dtype" if diff <= diff_f32 else "float32",
+        max_diff_vs_plan=min(diff, diff_f32),
+    )
 
 
 def build_report(
     kind: str,
     info: GgufInfo,
-    src: Path,
     gguf_path: Path,
     control_vector: Any,
-    plan: Plan,
+    steering: Steering,
     probes: Probes,
-    comparisons: dict[str, dict[str, Any]],
+    comparisons: dict[str, Comparison],
     tokens_ok: list[bool],
-    cv_report: dict[str, Any],
+    cv_report: ControlVectorCheck | None,
     base: Run,
     hooked: Run,
-) -> dict[str, Any]:
+) -> GgufVerifyReport:
     effect = max(
         float(np.abs(h - b).max()) for h, b in zip(hooked.logits, base.logits, strict=True)
     )
-    tokenization = {
-        "identical": sum(tokens_ok),
-        "prompts": len(tokens_ok),
-        "mismatched": [
-            pid for (pid, _, _), ok in zip(probes.ids, tokens_ok, strict=True) if not ok
-        ],
-    }
-    checks = [
-        {"name": c["name"], "ok": c["passed"], "detail": _detail(c)} for c in comparisons.values()
-    ]
+    mismatched = [pid for (pid, _, _), ok in zip(probes.ids, tokens_ok, strict=True) if not ok]
+    tokenization = Tokenization(sum(tokens_ok), len(tokens_ok), mismatched)
+    checks = [Check(c.name, c.passed, c.detail()) for c in comparisons.values()]
     checks.append(
-        {
-            "name": "tokenization (llama.cpp vs transformers)",
-            "ok": not tokenization["mismatched"],
-            "detail": f"{tokenization['identical']}/{tokenization['prompts']} identical",
-        }
+        Check(
+            "tokenization (llama.cpp vs transformers)",
+            not mismatched,
+            f"{tokenization.identical}/{tokenization.prompts} identical",
+        )
     )
     if cv_report:
         checks.append(
-            {
-                "name": "control vector holds the plan's vectors",
-                "ok": True,
-                "detail": f"max diff {cv_report['max_diff_vs_plan']:.3g} "
-                f"({cv_report['rounding']}), hint {cv_report['model_hint']}",
-            }
+            Check(
+                "control vector holds the plan's vectors",
+                True,
+                f"max diff {cv_report.max_diff_vs_plan:.3g} ({cv_report.rounding}), "
+                f"hint {cv_report.model_hint}",
+            )
         )
     if "baked_vs_control_vector" not in comparisons:
         why = (
@@ -493,49 +567,30 @@ def build_report(
             if kind == "control-vector"
             else "the plan steers block 0, which no control vector reaches"
         )
-        checks.append(
-            {"name": "(2) baked GGUF vs control vector", "ok": True, "detail": f"skipped: {why}"}
-        )
+        checks.append(Check("(2) baked GGUF vs control vector", True, f"skipped: {why}"))
     main = comparisons["steered_vs_hooks"]
-    report: dict[str, Any] = {
-        "check": "gguf",
-        "runtime": "llama.cpp",
-        "kind": kind,
-        "model": str(src),
-        "gguf": str(gguf_path),
-        "control_vector": str(control_vector) if control_vector else None,
-        "arch": info.arch,
-        "out_type": info.out_type,
-        "layers": format_layers(plan.layers),
-        "alpha": plan.alpha,
-        "prompts": len(probes.ids),
-        "max_new_tokens": probes.max_new_tokens,
-        "rel_tolerance": REL_TOLERANCE,
-        "effect_max": effect,
-        "comparisons": comparisons,
-        "tokenization": tokenization,
-        "control_vector_check": cv_report or None,
-        "checks": checks,
-        "passed": all(c["ok"] for c in checks),
-    }
-    if main["mode"] == "exact":
-        report.update(
-            max_abs_diff=main["max_abs_diff"],
-            mean_abs_diff=main["mean_abs_diff"],
-            tolerance=main["tolerance"],
-        )
-    return report
-
-
-def _detail(c: dict[str, Any]) -> str:
-    n = len(c["greedy"])
-    if c["mode"] == "exact":
-        return (
-            f"max {c['max_abs_diff']:.3g} mean {c['mean_abs_diff']:.3g} (tolerance "
-            f"{c['tolerance']:.3g}); greedy {c['greedy_identical']}/{n} identical, "
-            f"{c['greedy_near_ties']} near-ties"
-        )
-    return (
-        f"mean KL {c['mean_kl']:.3g} (<= {MAX_MEAN_KL}), top-1 agreement "
-        f"{c['top1_agreement']:.3f}; greedy {c['greedy_identical']}/{n} identical"
+    exact = main if isinstance(main, ExactComparison) else None
+    return GgufVerifyReport(
+        check="gguf",
+        runtime="llama.cpp",
+        kind=kind,
+        model=str(steering.model.path),
+        gguf=str(gguf_path),
+        control_vector=str(control_vector) if control_vector else None,
+        arch=info.arch,
+        out_type=info.out_type,
+        layers=format_layers(steering.layers),
+        alpha=steering.plan.alpha,
+        prompts=len(probes.ids),
+        max_new_tokens=probes.max_new_tokens,
+        rel_tolerance=REL_TOLERANCE,
+        effect_max=effect,
+        comparisons=comparisons,
+        tokenization=tokenization,
+        control_vector_check=cv_report,
+        checks=checks,
+        passed=all(c.ok for c in checks),
+        max_abs_diff=exact.max_abs_diff if exact else None,
+        mean_abs_diff=exact.mean_abs_diff if exact else None,
+        tolerance=exact.tolerance if exact else None,
     )

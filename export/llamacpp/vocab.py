@@ -21,11 +21,7 @@ from typing import Any
 from bake.errors import InputError, UnsupportedError
 
 SPM_FILE = "tokenizer.model"
-
-
 HF_TOKENIZER_FILE = "tokenizer.json"
-
-
 SPM_FAMILIES = ("llama", "mistral")  # families whose SentencePiece tokenizers llama.cpp reads
 
 
@@ -34,20 +30,12 @@ _LLAMA3_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|"
     r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
-
-
 _QWEN2_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}|"
     r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
-
-
 PRE_TOKENIZERS = {_LLAMA3_SPLIT: "llama-bpe", _QWEN2_SPLIT: "qwen2"}
-
-
 KNOWN_PRE = "ByteLevel with its GPT-2 regex ('gpt-2'), Llama 3 ('llama-bpe'), Qwen2 ('qwen2')"
-
-
 SCORE_ADDED = -1000.0  # score llama.cpp's converter gives added and padding tokens
 
 

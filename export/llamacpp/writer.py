@@ -31,7 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from bake.artifacts.plan import Plan, format_layers
+from bake.artifacts.plan import format_layers
+from bake.artifacts.steering import Steering
 from bake.errors import InputError, OutputError, UnsupportedError
 from bake.files.fileio import StreamWriter, atomic_write_path, check_free_space, check_output_file
 from bake.files.gguf_file import STEERBAKE_PLAN_KEY, STEERBAKE_VERSION_KEY
@@ -39,16 +40,11 @@ from bake.files.tensor_bytes import bf16_bits_to_f32, f32_to_bf16_bits
 from bake.model.arch import ARCHITECTURES, ArchSpec
 from bake.model.checkpoint import Checkpoint, TensorInfo, open_checkpoint
 from bake.model.resolve import resolve_model
+from export.llamacpp.cvec import steering_inputs
 
 OUT_TYPES = ("F32", "F16", "BF16")
-
-
 CHUNK_BYTES = 1024 * 1024  # source bytes read, cast and written at a time (cache-sized)
-
-
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)  # buffers some checkpoints carry; not weights
-
-
 _SAFE_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
 
 
@@ -109,31 +105,31 @@ def convert_to_gguf(
     model_dir: str | Path | None,
     out_path: str | Path,
     out_type: str = "F32",
-    plan: Plan | str | Path | None = None,
+    steering: Steering | None = None,
     *,
     overwrite: bool = False,
     name: str | None = None,
     sha256: bool = False,
     cancel: threading.Event | None = None,
 ) -> GgufResult:
-    """Write MODEL as a GGUF at `out_path` (atomically); with `plan`, bake its vectors into
-    blk.N.ffn_down.bias (arch llama only). With `sha256`, the result carries the file's
-    digest, computed from the bytes as they are written (no second read of the file).
+    """Write MODEL as a GGUF at `out_path` (atomically); with `steering` (bound to MODEL),
+    bake its rounded vectors into blk.N.ffn_down.bias (arch llama only). With `sha256`, the
+    result carries the file's digest, computed from the bytes as they are written (no second
+    read of the file).
     Setting `cancel` (from another thread) stops the writing at the next tensor."""
     start = time.perf_counter()
     src = resolve_model(model_dir)
-    ckpt = open_checkpoint(src)
+    ckpt = steering.checkpoint if steering is not None else open_checkpoint(src)
+    if ckpt.path.resolve() != src.resolve():
+        raise InputError(f"the steering is bound to {ckpt.path}, not to {src}")
     spec = check_family(ckpt)
     out_type = out_type.upper()
     if out_type not in OUT_TYPES:
         raise InputError(f"unknown GGUF type {out_type!r}: choose one of {', '.join(OUT_TYPES)}")
-    plan_obj = _load_plan(plan) if plan is not None else None
     out = Path(out_path)
-    inputs = _inputs(ckpt, plan_obj) + (
-        [] if plan is None or isinstance(plan, Plan) else [Path(plan)]
-    )
-    check_gguf_output(out, inputs, overwrite=overwrite)
-    bias = plan_biases(ckpt, plan_obj) if plan_obj is not None else {}
+    inputs = steering_inputs(steering) if steering else [p for p in src.iterdir() if p.is_file()]
+    check_output_file(out, inputs, overwrite=overwrite)
+    bias = plan_biases(steering) if steering is not None else {}
     import gguf
 
     arch = spec.gguf_arch
@@ -143,7 +139,7 @@ def convert_to_gguf(
     from export.llamacpp.vocab import add_vocab
 
     tokenizer = add_vocab(writer, src, spec.model_type, int(ckpt.config["vocab_size"]))
-    add_metadata(writer, ckpt, jobs, name or _display_name(model_dir), plan_obj)
+    add_metadata(writer, ckpt, jobs, name or _display_name(model_dir), steering)
     total = sum(j.nbytes for j in jobs)
     check_free_space(out.parent, total + (1 << 20))
     with atomic_write_path(out) as tmp:
@@ -177,20 +173,6 @@ def check_family(ckpt: Checkpoint) -> ArchSpec:
     return spec
 
 
-def _load_plan(plan: Plan | str | Path) -> Plan:
-    return plan if isinstance(plan, Plan) else Plan.load(Path(plan))
-
-
-def _inputs(ckpt: Checkpoint, plan: Plan | None) -> list[Path]:
-    files = [p for p in ckpt.path.iterdir() if p.is_file()]
-    return files + ([plan.vectors_file] if plan is not None else [])
-
-
-def check_gguf_output(out: Path, inputs: list[Path], *, overwrite: bool) -> None:
-    """Refuse an output that is one of the inputs, a folder, or exists without overwrite."""
-    check_output_file(out, inputs, overwrite=overwrite)
-
-
 def _display_name(model_dir: str | Path | None) -> str | None:
     """A Hub id or 'toy-refuser' names the model; a folder leaves it to the model card."""
     text = str(model_dir) if model_dir is not None else "toy-refuser"
@@ -198,13 +180,9 @@ def _display_name(model_dir: str | Path | None) -> str | None:
 
 
 # --------------------------------------------------------------------------- steering
-def plan_biases(ckpt: Checkpoint, plan: Plan) -> dict[int, np.ndarray]:
-    """block -> ffn_down bias (float32) = v_N rounded to the checkpoint dtype."""
-    from bake.files.tensor_bytes import round_to
-    from bake.model.checkpoint import fingerprint_of
-
-    plan.check_model(fingerprint_of(ckpt))
-    spec = ckpt.spec
+def plan_biases(steering: Steering) -> dict[int, np.ndarray]:
+    """block -> ffn_down bias (float32) = steering.rounded[N] (what a hook adds)."""
+    ckpt, spec = steering.checkpoint, steering.spec
     if not spec.gguf_bias_slot:
         raise UnsupportedError(
             f"llama.cpp's {spec.gguf_arch} loader has no ffn_down bias slot (it refuses extra "
@@ -218,10 +196,7 @@ def plan_biases(ckpt: Checkpoint, plan: Plan) -> dict[int, np.ndarray]:
             f"{ckpt.path} already has down_proj biases ({baked[0]}, ...): it looks "
             "baked already; convert it without --plan, or bake the original model"
         )
-    return {
-        layer: round_to(v, ckpt.dtype).astype(np.float32)
-        for layer, v in plan.steering_vectors().items()
-    }
+    return {layer: np.asarray(v, np.float32) for layer, v in steering.rounded.items()}
 
 
 # --------------------------------------------------------------------------- hyperparameters
@@ -424,7 +399,11 @@ def permute_rows(rows: np.ndarray, n_heads: int) -> np.ndarray:
 
 # --------------------------------------------------------------------------- metadata
 def add_metadata(
-    writer: Any, ckpt: Checkpoint, jobs: list[TensorJob], name: str | None, plan: Plan | None
+    writer: Any,
+    ckpt: Checkpoint,
+    jobs: list[TensorJob],
+    name: str | None,
+    steering: Steering | None,
 ) -> None:
     """general.* keys from the model card (README.md) and config via gguf's Metadata: name,
     base model, tags, license where known; plus steerbake's version and the baked plan."""
@@ -437,12 +416,13 @@ def add_metadata(
     meta.name = meta.name or ckpt.path.resolve().name
     if meta.size_label is None:
         meta.size_label = gguf.size_label(total, total, 0, 0)
-    if plan is not None:
+    if steering is not None:
         meta.tags = [*(meta.tags or []), "steerbake", "steered"]
     meta.set_gguf_meta_model(writer)
     writer.add_string(STEERBAKE_VERSION_KEY, __version__)
-    if plan is not None:
-        writer.add_string(STEERBAKE_PLAN_KEY, json.dumps(plan.to_json(), sort_keys=True))
+    if steering is not None:
+        plan_json = json.dumps(steering.plan.to_json(), sort_keys=True)
+        writer.add_string(STEERBAKE_PLAN_KEY, plan_json)
 
 
 # --------------------------------------------------------------------------- writing
@@ -488,8 +468,6 @@ def _np_dtype(ggml_type: Any) -> Any:
 
 
 _SOURCE_ITEMSIZE = {"F32": 4, "F16": 2, "BF16": 2}
-
-
 _BITS = {"F32": np.uint32, "F16": np.uint16, "BF16": np.uint16}
 
 
@@ -585,8 +563,6 @@ def _madvise(mapping: mmap.mmap, advice: str, start: int, length: int) -> None:
 
 # --------------------------------------------------------------------------- casts
 _F16_QUIET = np.uint16(0x0200)  # quiet-NaN bit of float16
-
-
 _F32_QUIET = np.uint32(0x0040_0000)  # quiet-NaN bit of float32
 
 
@@ -657,3 +633,27 @@ def _from_f32(values: np.ndarray, dst: str) -> np.ndarray:
         half = values.astype(np.float16).view(np.uint16)
     half[np.isnan(values)] |= _F16_QUIET
     return half
+
+
+def run_gguf(
+    model: str | None,
+    output: Path,
+    out_type: str = "F32",
+    plan: Path | None = None,
+    *,
+    base_gguf: Path | None = None,
+    explicit_type: bool = False,
+    overwrite: bool = False,
+) -> str:
+    """`steerbake gguf`: MODEL (with PLAN baked in where the family has a bias slot) as a
+    GGUF, or --base-gguf BASE patched with PLAN. Returns the summary line."""
+    if base_gguf is not None:
+        from export.llamacpp.patch import patch_gguf_command
+
+        return patch_gguf_command(
+            base_gguf, plan, output, model=model, explicit_type=explicit_type, overwrite=overwrite
+        )
+    from bake.artifacts.steering import open_steering
+
+    steering = open_steering(model, plan) if plan is not None else None
+    return convert_to_gguf(model, output, out_type, steering, overwrite=overwrite).summary()

@@ -1,24 +1,16 @@
-"""`steerbake export`: from (model, plan) to folders that are ready to publish.
+"""`steerbake export`: from a Steering to folders that are ready to publish.
 
-  OUT/<name>/       the safetensors build (bias route) or the PEFT adapter, tokenizer,
-                    README.md card, steering/ (plan.json, vectors.safetensors, bake.json,
-                    verify.json, tuning/ and evaluation.json when there are reports),
-                    SHA256SUMS
-  OUT/<name>-GGUF/  GGUF builds (F16 by default), README.md card, steering/ (plan, vectors,
-                    llama.cpp verify reports), SHA256SUMS. Families whose llama.cpp loader
-                    has the ffn_down bias slot get baked GGUFs and no control vector; the
-                    others get unsteered GGUFs and the control vector beside them.
-
-Every input is checked before anything is written (plan vs model, route, names, outputs,
-GGUF route). Each folder is built in a temporary folder beside its final path and renamed
-into place, the GGUF folder first, once both are complete, so a failure anywhere leaves
-neither folder, and an interrupted run only `.steerbake-tmp-*` ones.
+The job (export.publish.job) fixes every input and every file first; here the folders are
+built. Each is built in a temporary folder beside its final path and renamed into place,
+the GGUF folder first, once both are complete, so a failure anywhere leaves neither folder,
+and an interrupted run only `.steerbake-tmp-*` ones. What was written is checked against
+the job's list before the rename, so `--dry-run` lists exactly what an export writes.
 
 The GGUF model files are written in a second thread while the safetensors build is baked
 and verified: both read the same source shards (one trip through the page cache) and the
 work (casts, SHA-256, writes) spreads over the cores. Every byte written is hashed once,
-from memory, as it is written (bake.fileio.StreamWriter): the carried shards from the
-source pages they are copied from, each GGUF from its write buffers; SHA256SUMS and the
+from memory, as it is written (bake.files.fileio.StreamWriter): the carried shards from
+the source pages they are copied from, each GGUF from its write buffers; SHA256SUMS and the
 cards reuse those digests. Large files are written with O_DIRECT where the filesystem
 allows it (no page-cache copy and no writeback left for later).
 """
@@ -27,173 +19,109 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-from bake.artifacts.plan import Plan
-from bake.artifacts.steering_dir import STEERING_DIR
-from bake.errors import InputError, OutputError, UnsupportedError, VerificationError
-from bake.files.fileio import atomic_output_dir, check_output_dir, fast_copy, sha256_file
-from bake.model.checkpoint import Checkpoint, fingerprint_of, open_checkpoint
-from bake.model.resolve import resolve_model
-from bake.stages.bake import bake_model, choose_route
-from export.llamacpp.cvec import write_checkpoint_control_vector
-from export.publish.cards import (
-    CARD_FILE,
-    CardInput,
-    FileEntry,
-    SourceRecord,
-    source_record,
-    write_card,
+from bake.artifacts.reports import VerifyReport
+from bake.artifacts.steering import Steering
+from bake.artifacts.steering_dir import STEERING_DIR, write_plan_copy
+from bake.errors import OutputError, VerificationError
+from bake.files.fileio import atomic_output_dir, fast_copy, sha256_file
+from export.llamacpp.cvec import write_steering_control_vector
+from export.llamacpp.verify import GgufVerifyReport
+from export.publish.cards import CARD_FILE, CardInput, FileEntry, human_size, write_card
+from export.publish.job import (
+    FLOAT_TYPES,
+    GGUF_SUFFIX,
+    SUMS_FILE,
+    VERIFY_REPORT,
+    ExportJob,
+    ExportOptions,
+    GgufJob,
+    plan_export,
 )
-
-FLOAT_TYPES = ("F32", "F16", "BF16")
-
-
-QUANT_TYPES = ("Q8_0", "Q4_K_M")
-
-
-DEFAULT_GGUF_TYPES = ("F16",)
-
-
-SUMS_FILE = "SHA256SUMS"
-
-
-TUNING_REPORT = "tuning_report.json"  # written by `steerbake tune` (bake.tune_report)
-
-
-EVAL_REPORT = "evaluation.json"  # steering/ name of the `steerbake evaluate` report
-
-
-GGUF_SUFFIX = "-GGUF"
-
-
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-
-
-_MAX_NAME = 96 - len(GGUF_SUFFIX)  # Hub repo names are at most 96 characters
-
-
-_DTYPE_TO_GGUF = {"F32": "F32", "F16": "F16", "BF16": "BF16"}
-
-
-LLAMA_HINT = "install llama-cpp-python (pip install 'steerbake[llama]')"
-
 
 T = TypeVar("T")
 
 
 @dataclass
-class ExportOptions:
-    name: str | None = None  # folder / repo name; default <source>-steered
-    route: str = "auto"  # auto | bias | adapter (the safetensors build)
-    gguf: bool = True
-    gguf_types: tuple[str, ...] | None = None  # None: F16, or the base GGUF's own type
-    base_gguf: Path | None = None  # patch this GGUF instead of converting the checkpoint
-    base_model_id: str | None = None
-    tuning_report: Path | None = None  # tuning_report.json from `steerbake tune`
-    eval_report: Path | None = None  # JSON from `steerbake evaluate`
-    prompts: Path | None = None  # extra verify prompts
-    skip_verify: bool = False
-    overwrite: bool = False
-    progress: bool = True
-
-
-@dataclass
-class GgufJob:
-    """What the GGUF folder will hold, decided before anything is written."""
-
-    route: str  # bias (baked GGUFs) | control-vector (unsteered GGUFs + control vector)
-    float_types: list[str]
-    quant_types: list[str]
-    quantize_from: str | None  # float type the quantized files are made from
-    base_gguf: Path | None
-    base_type: str | None  # the base GGUF's file type, e.g. Q4_K_M
-    verify: bool
-    notes: list[str] = field(default_factory=list)  # skipped types and checks, for the card
-
-
-@dataclass
 class ExportResult:
-    folders: dict[str, list[FileEntry]]  # folder path -> files
+    folders: dict[str, list[FileEntry]]  # folder path -> files (sizes 0 in a dry run)
     notes: list[str]  # warnings and skipped parts, one line each
     verified: bool
     seconds: float
+    dry_run: bool = False
 
     def summary(self) -> str:
-        lines = []
+        lines = ["dry run: nothing written; the export would write:"] if self.dry_run else []
         for folder, files in self.folders.items():
+            if self.dry_run:
+                lines.append(f"{folder}/  ({len(files)} files)")
+                lines += [f"  {f.path}" for f in files]
+                continue
             total = sum(f.size for f in files)
-            lines.append(f"{folder}/  ({len(files)} files, {_human(total)})")
+            lines.append(f"{folder}/  ({len(files)} files, {human_size(int(total))})")
             width = max(len(f.path) for f in files)
-            lines += [f"  {f.path:<{width}}  {_human(f.size):>10}" for f in files]
+            lines += [f"  {f.path:<{width}}  {human_size(f.size):>10}" for f in files]
         lines += [f"note: {n}" for n in self.notes]
         if not self.verified:
             lines.append("warning: exported WITHOUT verification (--skip-verify); the cards say so")
-        lines.append(f"export finished in {self.seconds:.1f} s")
+        if not self.dry_run:
+            lines.append(f"export finished in {self.seconds:.1f} s")
         return "\n".join(lines)
 
 
-def _human(n: float) -> str:
-    from export.publish.cards import human_size
-
-    return human_size(int(n))
-
-
 # --------------------------------------------------------------------------- entry point
-def export_model(
-    model: str | Path | None, plan_file: Path, output: Path, opts: ExportOptions | None = None
+def run_export(
+    steering: Steering,
+    output: Path,
+    opts: ExportOptions | None = None,
+    *,
+    model_spec: str | None = None,
 ) -> ExportResult:
-    """Bake, verify and write OUT/<name>/ and OUT/<name>-GGUF/ (see the module docstring)."""
-    from bake import __version__
-
+    """Bake, verify and write OUT/<name>/ and OUT/<name>-GGUF/ (export.publish.job);
+    with opts.dry_run, only list what would be written. model_spec: MODEL as the user
+    typed it (a Hub id there names the base model in the cards)."""
     start = time.perf_counter()
     opts = opts or ExportOptions()
-    src = resolve_model(model)
-    ckpt = open_checkpoint(src)
-    plan = Plan.load(plan_file)
-    plan.check_model(fingerprint_of(ckpt))
-    vectors = plan.load_vectors()
-    route = choose_route(ckpt.spec, opts.route)
-    source = source_record(src, None if model is None else str(model), opts.base_model_id)
-    name = check_name(opts.name or f"{source.name}-steered")
-    reports = _read_reports(plan_file, opts)
-    job = plan_gguf(ckpt, plan, opts)
-    model_dir, gguf_dir = Path(output) / name, Path(output) / f"{name}{GGUF_SUFFIX}"
-    check_output_dir(model_dir, overwrite=opts.overwrite, sources=(src,))
-    if job is not None:
-        check_output_dir(gguf_dir, overwrite=opts.overwrite, sources=(src,))
-    skipped = [] if job else [r for r in [_gguf_skip_reason(ckpt, plan, opts)] if r]
-    notes = [*source.warnings, *(job.notes if job else skipped)]
-    ctx = _Context(src, ckpt, plan_file, plan, vectors, source, name, __version__, opts)
+    job = plan_export(steering, output, opts, model_spec)
+    if opts.dry_run:
+        planned = {
+            str(folder): [FileEntry(f, 0, "") for f in files]
+            for folder, files in job.files().items()
+        }
+        return ExportResult(planned, job.notes, not opts.skip_verify, 0.0, dry_run=True)
+    folders = _build(job)
+    return ExportResult(folders, job.notes, not opts.skip_verify, time.perf_counter() - start)
+
+
+def _build(job: ExportJob) -> dict[str, list[FileEntry]]:
     folders: dict[str, list[FileEntry]] = {}
-    stage_names = _stage_names(route, job, opts)
+    opts = job.opts
     with (
-        _Stages(stage_names, opts.progress) as stages,
-        atomic_output_dir(model_dir, overwrite=opts.overwrite) as tmp_model,
+        _Stages(_stage_names(job), opts.progress) as stages,
+        atomic_output_dir(job.model_dir, overwrite=opts.overwrite) as tmp_model,
     ):
-        if job is None:
-            folders[str(model_dir)] = _model_folder(tmp_model, ctx, route, reports, job, stages)
+        if job.gguf is None:
+            folders[str(job.model_dir)] = _model_folder(tmp_model, job, stages)
         else:  # the GGUF folder exits first: renamed into place just before the model folder
             with (
-                atomic_output_dir(gguf_dir, overwrite=opts.overwrite) as tmp_gguf,
-                _in_background(partial(_write_gguf_models, tmp_gguf, ctx, job, stages)) as models,
+                atomic_output_dir(job.gguf_dir, overwrite=opts.overwrite) as tmp_gguf,
+                _in_background(partial(_write_gguf_models, tmp_gguf, job, stages)) as models,
             ):
-                folders[str(model_dir)] = _model_folder(tmp_model, ctx, route, reports, job, stages)
-                folders[str(gguf_dir)] = build_gguf_folder(
-                    tmp_gguf, ctx, job, models.result(), stages
+                folders[str(job.model_dir)] = _model_folder(tmp_model, job, stages)
+                folders[str(job.gguf_dir)] = build_gguf_folder(
+                    tmp_gguf, job, models.result(), stages
                 )
-    notes += ctx.notes
-    return ExportResult(folders, notes, not opts.skip_verify, time.perf_counter() - start)
+    return folders
 
 
 @contextmanager
@@ -212,190 +140,10 @@ def _in_background(task: Callable[[threading.Event], T]) -> Iterator[Future[T]]:
             raise
 
 
-@dataclass
-class _Context:
-    src: Path
-    ckpt: Checkpoint
-    plan_file: Path
-    plan: Plan
-    vectors: Any  # SteeringVectors
-    source: SourceRecord
-    name: str
-    version: str
-    opts: ExportOptions
-    notes: list[str] = field(default_factory=list)  # found while building, for the summary
-
-
-def check_name(name: str) -> str:
-    if not _NAME.match(name) or ".." in name or "--" in name or len(name) > _MAX_NAME:
-        raise InputError(
-            f"--name {name!r} cannot be a Hub repo name: use letters, digits, '.', '_' and "
-            f"'-' (no '--' or '..'), at most {_MAX_NAME} characters"
-        )
-    return name
-
-
-def _read_reports(plan_file: Path, opts: ExportOptions) -> dict[str, Path]:
-    """steering/ path -> source file, for the reports that ship with the build: the tuning
-    report (JSON, with its Markdown table and plots) and the evaluation report. The tuning
-    report defaults to the one `steerbake tune` writes beside the plan."""
-    reports: dict[str, Path] = {}
-    tuning = opts.tuning_report
-    if tuning is None:
-        beside = Path(plan_file).parent / f"{Path(plan_file).stem}-tuning" / TUNING_REPORT
-        tuning = beside if beside.is_file() else None
-    for dest, path in ((f"tuning/{TUNING_REPORT}", tuning), (EVAL_REPORT, opts.eval_report)):
-        if path is None:
-            continue
-        reports[dest] = _checked_json(Path(path))
-    if tuning is not None:
-        for extra in sorted(Path(tuning).parent.iterdir()):
-            if extra.suffix in (".md", ".png") and extra.is_file():
-                reports[f"tuning/{extra.name}"] = extra
-    return reports
-
-
-def _checked_json(path: Path) -> Path:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"report {path} not found") from None
-    except (ValueError, UnicodeDecodeError) as e:
-        raise InputError(f"report {path} is not valid JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise InputError(f"report {path} is not a JSON object")
-    return path
-
-
-# --------------------------------------------------------------------------- GGUF plan
-def parse_gguf_types(text: str) -> tuple[str, ...]:
-    """'f16,q4_k_m' -> ('F16', 'Q4_K_M'); unknown types fail with the list of known ones."""
-    types = tuple(dict.fromkeys(t.strip().upper() for t in text.split(",") if t.strip()))
-    bad = [t for t in types if t not in FLOAT_TYPES + QUANT_TYPES]
-    if bad or not types:
-        raise InputError(
-            f"unknown GGUF type(s) {', '.join(bad) or repr(text)}: choose from "
-            f"{', '.join(FLOAT_TYPES + QUANT_TYPES)}"
-        )
-    return types
-
-
-def plan_gguf(ckpt: Checkpoint, plan: Plan, opts: ExportOptions) -> GgufJob | None:
-    """The GGUF folder's content, or None when there is no GGUF route (with the reason in
-    `_gguf_skip_reason`). Raises on contradictory options."""
-    if opts.base_gguf is not None and opts.gguf_types is not None:
-        raise InputError(
-            "--gguf-types cannot be combined with --base-gguf: the patched file keeps the "
-            "base GGUF's own type; quantize it afterwards with `steerbake quantize`"
-        )
-    if opts.base_gguf is not None and not Path(opts.base_gguf).is_file():
-        raise InputError(f"--base-gguf {opts.base_gguf} does not exist")
-    if _gguf_skip_reason(ckpt, plan, opts):
-        return None
-    route = "bias" if ckpt.spec.gguf_bias_slot else "control-vector"
-    verify, notes = _gguf_verify_available(opts)
-    if opts.base_gguf is not None:
-        base = Path(opts.base_gguf)
-        return GgufJob(
-            route,
-            float_types=[],
-            quant_types=[],
-            quantize_from=None,
-            base_gguf=base,
-            base_type=_gguf_file_type(base),
-            verify=verify,
-            notes=notes,
-        )
-    types = list(opts.gguf_types or DEFAULT_GGUF_TYPES)
-    floats = [t for t in types if t in FLOAT_TYPES]
-    quants = [t for t in types if t in QUANT_TYPES]
-    if quants and not llama_cpp_available():
-        notes += [f"{q}: not built: quantizing needs llama.cpp; {LLAMA_HINT}" for q in quants]
-        quants = []
-    if not floats and not quants:
-        return None
-    source_type = _DTYPE_TO_GGUF.get(ckpt.dtype, "F32")
-    quantize_from = next((t for t in FLOAT_TYPES if t in floats), source_type) if quants else None
-    return GgufJob(
-        route,
-        float_types=floats,
-        quant_types=quants,
-        quantize_from=quantize_from,
-        base_gguf=None,
-        base_type=None,
-        verify=verify,
-        notes=notes,
-    )
-
-
-def _gguf_skip_reason(ckpt: Checkpoint, plan: Plan, opts: ExportOptions) -> str:
-    """Why no GGUF folder is written ('' when one is)."""
-    from bake.artifacts.control_vector import BLOCK0_REASON
-
-    spec = ckpt.spec
-    if not opts.gguf:
-        return "GGUF builds: skipped (--no-gguf)"
-    if not spec.gguf_bias_slot and 0 in plan.layers:
-        return (
-            f"GGUF builds: skipped: the plan steers block 0 and llama.cpp's {spec.gguf_arch} "
-            f"has no bias slot, so only a control vector could carry it, but {BLOCK0_REASON}; "
-            "tune without block 0 for a llama.cpp build"
-        )
-    if opts.base_gguf is not None:
-        return ""
-    from export.llamacpp.writer import check_family, supported_families
-
-    if not spec.gguf_writer:
-        return (
-            f"GGUF builds: skipped: steerbake's GGUF writer does not support "
-            f"{ckpt.model_type} (it supports {', '.join(supported_families())}); pass "
-            "--base-gguf FILE with a GGUF of the base model to steer that instead"
-        )
-    try:
-        check_family(ckpt)
-    except UnsupportedError as e:
-        return f"GGUF builds: skipped: {e}"
-    types = opts.gguf_types or DEFAULT_GGUF_TYPES
-    if all(t in QUANT_TYPES for t in types) and not llama_cpp_available():
-        return f"GGUF builds: skipped: {', '.join(types)} need llama.cpp's quantizer; {LLAMA_HINT}"
-    return ""
-
-
-def _gguf_verify_available(opts: ExportOptions) -> tuple[bool, list[str]]:
-    if opts.skip_verify:
-        return False, ["GGUF files not verified in llama.cpp (--skip-verify)"]
-    if not llama_cpp_available():
-        return False, [f"GGUF files not verified in llama.cpp: {LLAMA_HINT}"]
-    return True, []
-
-
-def llama_cpp_available() -> bool:
-    """llama-cpp-python (quantizer, llama.cpp verification) imports; a broken or blocked
-    install counts as missing. Writing and patching GGUFs needs only the gguf package."""
-    try:
-        import llama_cpp  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def _gguf_file_type(path: Path) -> str | None:
-    """general.file_type of a GGUF as a short name (F16, Q4_K_M, ...), None if absent."""
-    import gguf
-
-    from bake.files.gguf_file import read_layout
-
-    value = read_layout(path).values.get("general.file_type")
-    try:
-        name = gguf.LlamaFileType(int(value)).name if value is not None else None
-    except ValueError:
-        return None
-    return name.removeprefix("MOSTLY_").removeprefix("ALL_") if name else None
-
-
 # --------------------------------------------------------------------------- progress
-def _stage_names(route: str, job: GgufJob | None, opts: ExportOptions) -> list[str]:
-    stages = [f"bake ({route})"] + ([] if opts.skip_verify else ["verify (transformers)"])
+def _stage_names(export: ExportJob) -> list[str]:
+    job, opts = export.gguf, export.opts
+    stages = [f"bake ({export.route})"] + ([] if opts.skip_verify else ["verify (transformers)"])
     stages.append("card and checksums")
     if job is not None:
         if job.base_gguf is not None:
@@ -444,102 +192,87 @@ class _Stages:
 
 
 # --------------------------------------------------------------------------- safetensors build
-def build_model_folder(
-    tmp: Path, ctx: _Context, route: str, reports: dict[str, Path], stages: _Stages
-) -> dict[str, Any] | None:
+def build_model_folder(tmp: Path, job: ExportJob, stages: _Stages) -> VerifyReport | None:
     """Bake into `tmp`, verify, copy the reports; returns the verify report (None if skipped)."""
-    with stages.stage(f"bake ({route})"):
-        staging = tmp / ".bake"
-        if route == "adapter":
-            from bake.artifacts.adapter import write_adapter
+    from bake.stages.bake import run_bake
 
-            write_adapter(
-                ctx.ckpt, ctx.plan, staging, overwrite=False, base_model=ctx.source.base_model
-            )
-        else:
-            bake_model(ctx.src, ctx.plan_file, staging, route="bias")
+    with stages.stage(f"bake ({job.route})"):
+        staging = tmp / ".bake"
+        run_bake(job.steering, staging, route=job.route, base_model=job.source.base_model)
         for child in staging.iterdir():
             os.replace(child, tmp / child.name)
         staging.rmdir()
-    for dest, path in reports.items():
+    for dest, path in job.reports.items():
         (tmp / STEERING_DIR / dest).parent.mkdir(parents=True, exist_ok=True)
         fast_copy(path, tmp / STEERING_DIR / dest)
-    if ctx.opts.skip_verify:
+    if job.opts.skip_verify:
         return None
     with stages.stage("verify (transformers)"):
         from bake.stages.verify import run_verify
 
-        report = run_verify(ctx.src, ctx.plan_file, tmp, prompts=ctx.opts.prompts)
-        report.update(model=ctx.source.base_model or ctx.source.name, baked=ctx.name)
-        if not report["passed"]:
+        report = run_verify(job.steering, tmp, prompts=job.opts.prompts)
+        report.model = job.source.base_model or job.source.name
+        report.baked = job.name
+        if not report.passed:
             raise VerificationError(
-                f"the {route} build does not match hook steering: max |delta logit| "
-                f"{report['max_abs_diff']:.3g} (mean {report['mean_abs_diff']:.3g}, tolerance "
-                f"{report['tolerance']:.3g}), greedy {report['greedy_identical']}/"
-                f"{report['prompts']} identical; nothing was written"
+                f"the {job.route} build does not match hook steering: max |delta logit| "
+                f"{report.max_abs_diff:.3g} (mean {report.mean_abs_diff:.3g}, tolerance "
+                f"{report.tolerance:.3g}), greedy {report.greedy_identical}/"
+                f"{report.prompts} identical; nothing was written"
             )
-        (tmp / STEERING_DIR / "verify.json").write_text(json.dumps(report, indent=2) + "\n")
+        _write_json(tmp / STEERING_DIR / VERIFY_REPORT, report.to_json())
     return report
 
 
-def _model_folder(
-    tmp: Path,
-    ctx: _Context,
-    route: str,
-    reports: dict[str, Path],
-    job: GgufJob | None,
-    stages: _Stages,
-) -> list[FileEntry]:
+def _model_folder(tmp: Path, job: ExportJob, stages: _Stages) -> list[FileEntry]:
     """The safetensors build (or adapter) in `tmp`, verified, with its card and sums."""
-    verify = build_model_folder(tmp, ctx, route, reports, stages)
-    kind = "checkpoint" if route == "bias" else "adapter"
-    card = _card(ctx, kind, route, verify=verify, reports=reports, job=job)
-    return _finish_folder(tmp, ctx, card, stages)
+    verify = build_model_folder(tmp, job, stages)
+    kind = "checkpoint" if job.route == "bias" else "adapter"
+    card = _card(job, kind, job.route, verify=verify)
+    return _finish_folder(tmp, job.model_files(), card, stages)
 
 
 def _card(
-    ctx: _Context,
+    job: ExportJob,
     kind: str,
     route: str,
     *,
-    verify: dict[str, Any] | None = None,
-    reports: dict[str, Path] | None = None,
-    job: GgufJob | None = None,
-    gguf_verify: dict[str, dict[str, Any]] | None = None,
-    control_vector: str | None = None,
+    verify: VerifyReport | None = None,
+    gguf_verify: dict[str, GgufVerifyReport] | None = None,
 ) -> CardInput:
     """A card without its file list (filled in by _finish_folder)."""
-    evaluation = None
-    if reports and EVAL_REPORT in reports:
-        evaluation = json.loads(reports[EVAL_REPORT].read_text(encoding="utf-8"))
-    companion: str | None = ctx.name  # the GGUF card points to the safetensors build
+    gguf = job.gguf
+    companion: str | None = job.name  # the GGUF card points to the safetensors build
     if kind != "gguf":
-        companion = f"{ctx.name}{GGUF_SUFFIX}" if job is not None else None
+        companion = f"{job.name}{GGUF_SUFFIX}" if gguf is not None else None
+    in_gguf = kind == "gguf" and gguf is not None
     return CardInput(
         kind=kind,
-        name=ctx.name if kind != "gguf" else f"{ctx.name}{GGUF_SUFFIX}",
-        source=ctx.source,
-        plan=ctx.plan,
-        vectors=ctx.vectors,
+        name=job.name if kind != "gguf" else f"{job.name}{GGUF_SUFFIX}",
+        source=job.source,
+        steering=job.steering,
         route=route,
-        steerbake_version=ctx.version,
+        steerbake_version=_version(),
         files=[],
         verify=verify,
         gguf_verify=gguf_verify or {},
-        gguf_notes=list(job.notes) if (job and kind == "gguf") else [],
-        evaluation=evaluation,
-        control_vector=control_vector,
+        gguf_notes=list(gguf.notes) if in_gguf and gguf else [],
+        evaluation=job.evaluation if kind != "gguf" else None,
+        control_vector=gguf.control_vector if in_gguf and gguf else None,
         companion=companion,
-        num_layers=ctx.ckpt.num_layers,
-        hidden_size=ctx.ckpt.hidden_size,
-        architecture=ctx.ckpt.model_type,
-        base_gguf=job.base_gguf.name if (job and job.base_gguf and kind == "gguf") else None,
+        base_gguf=gguf.base_gguf.name if (in_gguf and gguf and gguf.base_gguf) else None,
     )
+
+
+def _version() -> str:
+    from bake import __version__
+
+    return __version__
 
 
 def _finish_folder(
     tmp: Path,
-    ctx: _Context,
+    planned: list[str],
     card: CardInput,
     stages: _Stages,
     known_sums: dict[str, str] | None = None,
@@ -563,7 +296,13 @@ def _finish_folder(
         everything = sorted([*entries, readme], key=lambda f: f.path)
         (tmp / SUMS_FILE).write_text("".join(f"{f.sha256}  {f.path}\n" for f in everything))
         sums = FileEntry(SUMS_FILE, (tmp / SUMS_FILE).stat().st_size, "")
-    return sorted([*everything, sums], key=lambda f: f.path)
+    written = sorted([*everything, sums], key=lambda f: f.path)
+    if [f.path for f in written] != sorted(planned):  # the dry run's list must be the truth
+        raise OutputError(
+            f"internal error: the export wrote {sorted(f.path for f in written)} but planned "
+            f"{sorted(planned)}; nothing was published, please report it"
+        )
+    return written
 
 
 def _read_sums(path: Path) -> dict[str, str]:
@@ -579,128 +318,119 @@ def _read_sums(path: Path) -> dict[str, str]:
 
 # --------------------------------------------------------------------------- GGUF build
 def build_gguf_folder(
-    tmp: Path, ctx: _Context, job: GgufJob, models: dict[str, str | None], stages: _Stages
+    tmp: Path, job: ExportJob, models: dict[str, str | None], stages: _Stages
 ) -> list[FileEntry]:
     """Around the model GGUFs already in `tmp` (`models`: name -> sha256 where known, from
     _write_gguf_models): the control vector where needed, steering/, verify reports, card,
     sums."""
-    cv_name = None
-    if job.route == "control-vector":
+    gguf = job.gguf
+    assert gguf is not None
+    if gguf.control_vector:
         with stages.stage("control vector"):
-            cv_name = f"{ctx.name}-control-vector.gguf"
-            write_checkpoint_control_vector(ctx.ckpt, ctx.plan, tmp / cv_name)
-    _copy_plan(ctx.plan, tmp / STEERING_DIR)
-    reports: dict[str, dict[str, Any]] = {}
-    if job.verify:
-        reports = _verify_ggufs(tmp, ctx, list(models), cv_name, stages)
-    card = _card(ctx, "gguf", job.route, job=job, gguf_verify=reports, control_vector=cv_name)
+            write_steering_control_vector(job.steering, tmp / gguf.control_vector)
+    write_plan_copy(job.steering, tmp / STEERING_DIR)
+    reports: dict[str, GgufVerifyReport] = {}
+    if gguf.verify:
+        reports = _verify_ggufs(tmp, job, list(models), stages)
+    card = _card(job, "gguf", gguf.route, gguf_verify=reports)
     known = {name: digest for name, digest in models.items() if digest}
-    return _finish_folder(tmp, ctx, card, stages, known)
+    return _finish_folder(tmp, gguf.files(), card, stages, known)
 
 
 def _write_gguf_models(
-    tmp: Path, ctx: _Context, job: GgufJob, stages: _Stages, cancel: threading.Event
+    tmp: Path, job: ExportJob, stages: _Stages, cancel: threading.Event
 ) -> dict[str, str | None]:
     """The model GGUFs in `tmp`, in the order written: file name -> sha256 (hashed while
     converting; None for patched and quantized files). Stops between files, and between
     tensors of a conversion, once `cancel` is set."""
-    plan = ctx.plan if job.route == "bias" else None
-    # baked files carry the steered name; unsteered ones the source's, so nobody mistakes
-    # an unsteered file for a steered one
-    stem = ctx.name if job.route == "bias" else ctx.source.name
-    if job.base_gguf is not None:
-        return {_from_base_gguf(tmp, ctx, job, stages): None}
+    gguf = job.gguf
+    assert gguf is not None
+    if gguf.base_gguf is not None:
+        return {_from_base_gguf(tmp, job, gguf, stages): None}
     from export.llamacpp.writer import convert_to_gguf
 
+    steering = job.steering if gguf.route == "bias" else None
+    src, stem = job.checkpoint.path, gguf.stem
     names: dict[str, str | None] = {}
-    for t in job.float_types:
+    for t in gguf.float_types:
         with stages.stage(f"GGUF {t}"):
             path = tmp / f"{stem}-{t}.gguf"
-            result = convert_to_gguf(ctx.src, path, t, plan, name=stem, sha256=True, cancel=cancel)
+            result = convert_to_gguf(src, path, t, steering, name=stem, sha256=True, cancel=cancel)
             names[path.name] = result.sha256
-    if job.quant_types:
-        from export.llamacpp.quantize import quantize_gguf
+    if gguf.quant_types:
+        from export.llamacpp.quantize import run_quantize
 
-        assert job.quantize_from is not None
-        source = tmp / f"{stem}-{job.quantize_from}.gguf"
+        assert gguf.quantize_from is not None
+        source = tmp / f"{stem}-{gguf.quantize_from}.gguf"
         scratch = None
-        if job.quantize_from not in job.float_types:
+        if gguf.quantize_from not in gguf.float_types:
             scratch = tmp / ".work"
             scratch.mkdir()
-            source = scratch / f"{stem}-{job.quantize_from}.gguf"
-            with stages.stage(f"GGUF {job.quantize_from} (to quantize from)"):
-                convert_to_gguf(ctx.src, source, job.quantize_from, plan, name=stem, cancel=cancel)
-        for q in job.quant_types:
+            source = scratch / f"{stem}-{gguf.quantize_from}.gguf"
+            with stages.stage(f"GGUF {gguf.quantize_from} (to quantize from)"):
+                convert_to_gguf(src, source, gguf.quantize_from, steering, name=stem, cancel=cancel)
+        for q in gguf.quant_types:
             if cancel.is_set():
                 raise OutputError(f"{tmp}: cancelled")
             with stages.stage(f"quantize {q}"):
-                quantize_gguf(source, tmp / f"{stem}-{q}.gguf", q)
+                run_quantize(source, tmp / f"{stem}-{q}.gguf", q)
                 names[f"{stem}-{q}.gguf"] = None
         if scratch is not None:
             shutil.rmtree(scratch)
     return names
 
 
-def _from_base_gguf(tmp: Path, ctx: _Context, job: GgufJob, stages: _Stages) -> str:
+def _from_base_gguf(tmp: Path, job: ExportJob, gguf: GgufJob, stages: _Stages) -> str:
     """--base-gguf: patched with the plan (bias slot), or copied unchanged (control vector)."""
-    assert job.base_gguf is not None
-    if job.route == "bias":
-        from export.llamacpp.patch import patch_gguf
+    assert gguf.base_gguf is not None
+    (name,) = gguf.models
+    if gguf.route == "bias":
+        from export.llamacpp.patch import gguf_base, patch_gguf
 
-        name = f"{ctx.name}-{job.base_type}.gguf" if job.base_type else f"{ctx.name}.gguf"
         with stages.stage("patch GGUF"):
-            patch_gguf(job.base_gguf, ctx.plan, tmp / name)
+            base = job.steering.rebind(gguf_base(gguf.base_gguf, job.steering.plan))
+            patch_gguf(base, tmp / name)
         return name
     with stages.stage("copy GGUF"):
-        fast_copy(job.base_gguf, tmp / job.base_gguf.name)
-    return job.base_gguf.name
-
-
-def _copy_plan(plan: Plan, folder: Path) -> None:
-    """steering/plan.json + vectors.safetensors, the plan pointing at its local copy."""
-    folder.mkdir(exist_ok=True)
-    copy = folder / "vectors.safetensors"
-    fast_copy(plan.vectors_file, copy)
-    Plan(**{**plan.__dict__, "vectors_path": str(copy), "base_dir": Path("/")}).save(
-        folder / "plan.json"
-    )
+        fast_copy(gguf.base_gguf, tmp / name)
+    return name
 
 
 def _verify_ggufs(
-    tmp: Path, ctx: _Context, models: list[str], cv_name: str | None, stages: _Stages
-) -> dict[str, dict[str, Any]]:
+    tmp: Path, job: ExportJob, models: list[str], stages: _Stages
+) -> dict[str, GgufVerifyReport]:
     """llama.cpp vs transformers + hooks for every model GGUF. Float builds must pass;
     quantized ones are reported as measured (quantization is expected to move logits)."""
     from export.llamacpp.verify import verify_gguf
 
+    assert job.gguf is not None
+    cv_name = job.gguf.control_vector
     reports = {}
     for i, name in enumerate(models):
         with stages.stage(f"verify GGUF {i + 1}/{len(models)} (llama.cpp)"):
             report = verify_gguf(
-                ctx.src,
-                ctx.plan,
+                job.steering,
                 tmp / name,
                 control_vector=tmp / cv_name if cv_name else None,
-                prompts=ctx.opts.prompts,
+                prompts=job.opts.prompts,
             )
-        report.update(
-            model=ctx.source.base_model or ctx.source.name, gguf=name, control_vector=cv_name
-        )
-        lossless = set(str(report.get("out_type", "")).split("/")) <= set(FLOAT_TYPES)
-        if lossless and not report["passed"]:
-            failed = "; ".join(
-                f"{c['name']}: {c.get('detail', '')}" for c in report["checks"] if not c["ok"]
-            )
+        report.model = job.source.base_model or job.source.name
+        report.gguf, report.control_vector = name, cv_name
+        lossless = set(report.out_type.split("/")) <= set(FLOAT_TYPES)
+        if lossless and not report.passed:
+            failed = "; ".join(f"{c.name}: {c.detail}" for c in report.checks if not c.ok)
             raise VerificationError(
                 f"{name} does not match hook steering in llama.cpp ({failed}); nothing was written"
             )
-        if not report["passed"]:
-            ctx.notes.append(
+        if not report.passed:
+            job.notes.append(
                 f"{name}: quantized, did not pass the llama.cpp checks for float builds "
                 "(reported as measured in the card)"
             )
-        (tmp / STEERING_DIR / f"verify-{Path(name).stem}.json").write_text(
-            json.dumps(report, indent=2) + "\n"
-        )
+        _write_json(tmp / STEERING_DIR / f"verify-{Path(name).stem}.json", report.to_json())
         reports[name] = report
     return reports
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.write_text(json.dumps(data, indent=2) + "\n")

@@ -19,24 +19,22 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bake.artifacts.plan import Plan, format_layers
+from bake.artifacts.reports import EvaluationReport, VerifyReport
+from bake.artifacts.steering import Steering
 from bake.artifacts.vectors import SteeringVectors
 from bake.errors import InputError
+from bake.model.fingerprint import Fingerprint
+
+if TYPE_CHECKING:
+    from export.llamacpp.verify import GgufVerifyReport
 
 CARD_FILE = "README.md"
-
-
 TEMPLATE = "steered_model.md.jinja"
-
-
 PIPELINE_TAG = "text-generation"
-
-
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
-
-
 _CACHE_DIR = re.compile(r"^models--([^/]+?)--(.+)$")  # huggingface_hub cache layout
 
 
@@ -46,8 +44,6 @@ KINDS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "adapter": ("peft", "adapter", ("peft", "lora")),
     "gguf": ("llama-cpp-python", "quantized", ("gguf", "llama.cpp")),
 }
-
-
 METHOD_NAMES = {
     "md": "MD (difference of class means)",
     "rmd": "RMD (ridge-regularised mean difference)",
@@ -175,21 +171,29 @@ class CardInput:
     kind: str
     name: str  # folder / repo name
     source: SourceRecord
-    plan: Plan
-    vectors: SteeringVectors
+    steering: Steering  # the plan, its vectors and the model they are bound to
     route: str  # checkpoint: bias | adapter; gguf: bias | control-vector
     steerbake_version: str
     files: list[FileEntry]
-    verify: dict[str, Any] | None = None  # PyTorch report (checkpoint, adapter)
-    gguf_verify: dict[str, dict[str, Any]] = field(default_factory=dict)  # file -> report
+    verify: VerifyReport | None = None  # PyTorch report (checkpoint, adapter)
+    gguf_verify: dict[str, GgufVerifyReport] = field(default_factory=dict)  # file -> report
     gguf_notes: list[str] = field(default_factory=list)  # why a type or check was skipped
-    evaluation: dict[str, Any] | None = None  # `steerbake evaluate` report
+    evaluation: EvaluationReport | None = None  # `steerbake evaluate` report
     control_vector: str | None = None  # file name beside unsteered GGUFs
     companion: str | None = None  # the other folder of the export (NAME or NAME-GGUF)
-    num_layers: int = 0
-    hidden_size: int = 0
-    architecture: str = ""
     base_gguf: str | None = None  # --base-gguf file name (patch path)
+
+    @property
+    def plan(self) -> Plan:
+        return self.steering.plan
+
+    @property
+    def vectors(self) -> SteeringVectors:
+        return self.steering.vectors
+
+    @property
+    def fingerprint(self) -> Fingerprint:
+        return self.steering.model.fingerprint
 
 
 def human_size(n: int) -> str:
@@ -244,10 +248,10 @@ def method_text(prov: dict[str, Any]) -> str:
     return text
 
 
-def provenance_facts(prov: dict[str, Any], evaluation: dict[str, Any] | None) -> dict[str, str]:
+def provenance_facts(prov: dict[str, Any], evaluation: EvaluationReport | None) -> dict[str, str]:
     """The "how it was obtained" table: judge, rubric, prompt sets, how layers were chosen."""
     tuning = prov.get("tuning") or {}
-    judge = prov.get("judge") or tuning.get("judge") or (evaluation or {}).get("judge")
+    judge = prov.get("judge") or tuning.get("judge") or (evaluation.judge if evaluation else None)
     if isinstance(judge, dict):
         judge = judge.get("model") or judge.get("name")
     rubric = prov.get("rubric_version") or tuning.get("rubric_version")
@@ -263,7 +267,9 @@ def provenance_facts(prov: dict[str, Any], evaluation: dict[str, Any] | None) ->
     facts = {
         "judge": str(judge) if judge else "not recorded in the plan",
         "rubric": str(rubric) if rubric else "not recorded in the plan",
-        "decoding": str(tuning.get("decoding") or (evaluation or {}).get("decoding") or "n/a"),
+        "decoding": str(
+            tuning.get("decoding") or (evaluation.decoding if evaluation else None) or "n/a"
+        ),
         "position": str(prov.get("position") or "not recorded"),
         "fit_sets": (
             ", ".join(
@@ -280,23 +286,21 @@ def provenance_facts(prov: dict[str, Any], evaluation: dict[str, Any] | None) ->
 
 
 def evaluation_rows(
-    evaluation: dict[str, Any] | None, prov: dict[str, Any]
+    evaluation: EvaluationReport | None, prov: dict[str, Any]
 ) -> tuple[str | None, list[dict[str, str]], list[str]]:
     """(source of the numbers, per-set refusal rows, KL lines): from an evaluation report
     (`steerbake evaluate`) when one was given, else from the plan's tuning record."""
-    if evaluation and evaluation.get("sets"):
+    if evaluation and evaluation.sets:
         rows = [
             {
                 "set": cell(name),
-                "n": str((s.get("before") or {}).get("n", "n/a")),
-                "before": _pct((s.get("before") or {}).get("refusal_rate")),
-                "after": _pct((s.get("after") or {}).get("refusal_rate")),
+                "n": str(s.before.n),
+                "before": _pct(s.before.refusal_rate),
+                "after": _pct(s.after.refusal_rate),
             }
-            for name, s in sorted(evaluation["sets"].items())
+            for name, s in sorted(evaluation.sets.items())
         ]
-        kl = [
-            f"{name}: {_num(v, '.4g')}" for name, v in sorted((evaluation.get("kl") or {}).items())
-        ]
+        kl = [f"{name}: {_num(v, '.4g')}" for name, v in sorted(evaluation.kl.items())]
         return "evaluation", rows, kl
     tuning = prov.get("tuning") or {}
     chosen, baseline = tuning.get("chosen") or {}, tuning.get("baseline") or {}
@@ -318,24 +322,19 @@ def evaluation_rows(
     return "tuning", rows, kl
 
 
-def verify_row(report: dict[str, Any]) -> dict[str, str]:
-    greedy = (
-        f"{report['greedy_identical']}/{report['prompts']}"
-        if "greedy_identical" in report and "prompts" in report
-        else "n/a"
-    )
+def verify_row(report: VerifyReport) -> dict[str, str]:
     return {
-        "runtime": str(report.get("runtime", report.get("check", "n/a"))),
-        "dtype": str(report.get("dtype", "n/a")),
-        "device": str(report.get("device", "n/a")),
-        "prompts": str(report.get("prompts", "n/a")),
-        "max": _num(report.get("max_abs_diff")),
-        "mean": _num(report.get("mean_abs_diff")),
-        "tolerance": _num(report.get("tolerance")),
-        "greedy": greedy,
-        "near_ties": str(report.get("greedy_near_ties", 0)),
-        "effect": _num(report.get("effect_max")),
-        "result": "PASS" if report.get("passed") else "FAIL",
+        "runtime": report.runtime,
+        "dtype": report.dtype,
+        "device": report.device,
+        "prompts": str(report.prompts),
+        "max": _num(report.max_abs_diff),
+        "mean": _num(report.mean_abs_diff),
+        "tolerance": _num(report.tolerance),
+        "greedy": f"{report.greedy_identical}/{report.prompts}",
+        "near_ties": str(report.greedy_near_ties),
+        "effect": _num(report.effect_max),
+        "result": "PASS" if report.passed else "FAIL",
     }
 
 
@@ -344,7 +343,7 @@ def card_data(card: CardInput) -> Any:
     from huggingface_hub import ModelCardData
 
     library, relation, extra = KINDS[card.kind]
-    tags = ["steering", "refusal-steering", "steerbake", *extra, card.architecture]
+    tags = ["steering", "refusal-steering", "steerbake", *extra, card.fingerprint.architecture]
     if card.kind == "gguf" and card.route == "control-vector":
         tags.append("control-vector")
     src = card.source
@@ -375,17 +374,17 @@ def template_values(card: CardInput) -> dict[str, Any]:
         "base_model": card.source.base_model,
         "base_display": _base_display(card.source),
         "source_name": card.source.name,
-        "architecture": card.architecture,
-        "num_layers": card.num_layers,
-        "hidden_size": card.hidden_size,
+        "architecture": card.fingerprint.architecture,
+        "num_layers": card.fingerprint.num_layers,
+        "hidden_size": card.fingerprint.hidden_size,
         "layers": format_layers(plan.layers),
         "n_steered": len(plan.layers),
         "alpha": _num(plan.alpha, "g"),
         "lowers_refusal": plan.alpha < 0,
         "site": plan.site,
         "method": cell(method_text(plan.provenance)),
-        "eval_judge": cell((card.evaluation or {}).get("judge", "not recorded")),
-        "eval_decoding": cell((card.evaluation or {}).get("decoding", "not recorded")),
+        "eval_judge": cell(card.evaluation.judge if card.evaluation else "not recorded"),
+        "eval_decoding": cell(card.evaluation.decoding if card.evaluation else "not recorded"),
         "fitted": plan.provenance.get("method") in ("md", "rmd", "wrmd"),
         "steering_rows": steering_rows(card),
         "prov": provenance_facts(plan.provenance, card.evaluation),
@@ -394,13 +393,11 @@ def template_values(card: CardInput) -> dict[str, Any]:
         "kl": kl,
         "verify": verify_row(card.verify) if card.verify else None,
         "gguf_verify": [
-            {"file": name, "checks": r.get("checks", []), "passed": bool(r.get("passed"))}
+            {"file": name, "checks": r.checks, "passed": r.passed}
             for name, r in sorted(card.gguf_verify.items())
         ],
         "gguf_notes": card.gguf_notes,
-        "gguf_rel_tol": _num(
-            next((r.get("rel_tolerance") for r in card.gguf_verify.values()), None), "g"
-        ),
+        "gguf_rel_tol": _num(next((r.rel_tolerance for r in card.gguf_verify.values()), None), "g"),
         "files": card.files,
         "gguf_models": models,
         "example_gguf": _example_gguf(models),

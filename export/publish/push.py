@@ -20,14 +20,8 @@ from bake.errors import InputError, OutputError, VerificationError
 from bake.files.fileio import sha256_file
 
 SUMS_FILE = "SHA256SUMS"
-
-
 LFS_THRESHOLD = 10 * 1000 * 1000  # the Hub stores files above 10 MB (and binaries) via LFS
-
-
 _BINARY_SUFFIXES = (".safetensors", ".gguf", ".bin", ".png", ".pt", ".npy", ".npz")
-
-
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -134,7 +128,7 @@ def token_source() -> tuple[str | None, str]:
     return token, "HF_TOKEN" if os.environ.get("HF_TOKEN") else "the login cache"
 
 
-def push_folder(
+def run_push(
     folder: Path,
     repo_id: str,
     *,

@@ -1,0 +1,208 @@
+"""A plan bound to its vectors and its model: opened and checked once, then handed to every
+stage that steers (hooks, bias bake, adapter, GGUF bake, GGUF patch, control vector, cards),
+so no stage can skip a check or compute the steering its own way.
+
+Opening checks: the plan's fingerprint against the model's (architecture, hidden size, layer
+count), the vector file against the plan (sha256, fingerprint, a vector for every layer),
+layers in range and finite values. Per steered layer l it then gives
+
+    added[l]   = alpha * m_l * s_l * u_l            float64 (d,): the exact steering
+    rounded[l] = added[l] rounded to `rounding`    float32 (d,): what a hook adds and what
+                                                    every baked route stores
+
+`rounding` is the dtype the vectors are rounded to (a safetensors tag): the checkpoint's
+down_proj dtype, or F32 where the model has no such dtype (a GGUF, whose biases llama.cpp
+adds in F32). Today's intervention kind is `add`; candidates (`with_config`) vary layers and
+alpha in memory, without reopening any file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from functools import cached_property
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Protocol
+
+import numpy as np
+
+from bake.artifacts.plan import Plan, make_plan
+from bake.artifacts.vectors import SteeringVectors
+from bake.errors import InputError
+from bake.files.tensor_bytes import round_to
+from bake.model.arch import ArchSpec, arch_spec
+from bake.model.checkpoint import Checkpoint
+from bake.model.fingerprint import Fingerprint
+
+KINDS = ("add",)  # the intervention: add v_l at block l's output
+
+
+class SteerableModel(Protocol):
+    """What a Steering needs to know about the model it is bound to."""
+
+    @property
+    def path(self) -> Path: ...
+
+    @property
+    def spec(self) -> ArchSpec: ...
+
+    @property
+    def fingerprint(self) -> Fingerprint: ...
+
+    @property
+    def dtype(self) -> str: ...  # safetensors tag of the block writers (F32 for a GGUF)
+
+
+@dataclass(frozen=True)
+class PlanModel:
+    """The model as a plan describes it, where the model itself is not at hand (`cvec`
+    without --model): its fingerprint and family; no checkpoint dtype, so F32."""
+
+    path: Path
+    spec: ArchSpec
+    fingerprint: Fingerprint
+    dtype: str = "F32"
+
+    @classmethod
+    def of(cls, plan: Plan) -> PlanModel:
+        return cls(plan.base_dir, arch_spec(plan.model.architecture), plan.model)
+
+
+@dataclass(frozen=True)
+class Steering:
+    plan: Plan
+    vectors: SteeringVectors
+    model: SteerableModel
+    plan_file: Path | None = None  # where the plan was read from (None: made in memory)
+
+    # ------------------------------------------------------------------ opening
+    @classmethod
+    def open(cls, model: SteerableModel, plan: Path | Plan) -> Steering:
+        """Load (when a path) and check the plan and its vectors against `model`."""
+        plan_file = Path(plan) if not isinstance(plan, Plan) else None
+        plan_obj = Plan.load(plan_file) if plan_file is not None else plan
+        assert isinstance(plan_obj, Plan)
+        plan_obj.check_model(model.fingerprint)
+        return cls(plan_obj, plan_obj.load_vectors(), model, plan_file)._checked()
+
+    @classmethod
+    def from_vectors(
+        cls,
+        model: SteerableModel,
+        vectors_file: Path,
+        layers: list[int],
+        alpha: float,
+        provenance: dict[str, Any] | None = None,
+    ) -> Steering:
+        """A plan made in memory over a vector file (what `tune` starts from)."""
+        plan = make_plan(vectors_file, layers, alpha, provenance=provenance)
+        return cls.open(model, plan)
+
+    def _checked(self) -> Steering:
+        bad = [layer for layer, v in self.rounded.items() if not np.all(np.isfinite(v))]
+        if bad:
+            raise InputError(
+                f"the steering vector of layer(s) {bad} is not finite in {self.rounding} "
+                f"(alpha {self.plan.alpha:g} overflows it); use a smaller alpha"
+            )
+        return self
+
+    def rebind(self, model: SteerableModel) -> Steering:
+        """The same plan and vectors bound to another copy of the model (e.g. its GGUF):
+        the fingerprint is checked, nothing is reopened; values round to its dtype."""
+        self.plan.check_model(model.fingerprint)
+        return Steering(self.plan, self.vectors, model, self.plan_file)._checked()
+
+    # ------------------------------------------------------------------ candidates
+    def with_config(
+        self,
+        layers: list[int],
+        alpha: float,
+        multipliers: dict[int, float] | None = None,
+        provenance: dict[str, Any] | None = None,
+    ) -> Steering:
+        """The same vectors and model, other layers/alpha (and `provenance` merged into the
+        plan's): checked, nothing reopened."""
+        missing = [layer for layer in layers if layer not in self.vectors.directions]
+        if missing:
+            raise InputError(f"the vector file has no vectors for layers {missing}")
+        plan = replace(
+            self.plan,
+            layers=list(layers),
+            alpha=float(alpha),
+            layer_multipliers=dict(multipliers or {}),
+            provenance={**self.plan.provenance, **(provenance or {})},
+        )
+        return Steering(plan, self.vectors, self.model, None)._checked()
+
+    # ------------------------------------------------------------------ values
+    @property
+    def kind(self) -> str:
+        return "add"
+
+    @property
+    def layers(self) -> list[int]:
+        return self.plan.layers
+
+    @property
+    def spec(self) -> ArchSpec:
+        return self.model.spec
+
+    @property
+    def rounding(self) -> str:
+        """The dtype (safetensors tag) every route rounds the added vectors to."""
+        return self.model.dtype
+
+    @cached_property
+    def added(self) -> Mapping[int, np.ndarray]:
+        """layer -> alpha * m_l * s_l * u_l, float64 (d,); read-only."""
+        p = self.plan
+        return MappingProxyType(
+            {
+                layer: p.alpha * p.layer_multipliers.get(layer, 1.0) * self.vectors.vector(layer)
+                for layer in p.layers
+            }
+        )
+
+    @cached_property
+    def rounded(self) -> Mapping[int, np.ndarray]:
+        """layer -> added vector rounded to `rounding`, as float32 (d,); read-only."""
+        return MappingProxyType(
+            {layer: round_to(v, self.rounding) for layer, v in self.added.items()}
+        )
+
+    def scale(self, layer: int) -> float:
+        """|added[layer]| / |u_l| = |alpha * m_l * s_l|."""
+        return abs(self.plan.alpha * self.plan.layer_multipliers.get(layer, 1.0)) * float(
+            self.vectors.scales[layer]
+        )
+
+    @property
+    def vectors_file(self) -> Path:
+        return self.plan.vectors_file
+
+    @property
+    def checkpoint(self) -> Checkpoint:
+        """The Hugging Face checkpoint this steering is bound to (bake and verify need one)."""
+        if not isinstance(self.model, Checkpoint):
+            raise InputError(
+                f"{self.model.path} is not a Hugging Face checkpoint folder; this step needs "
+                "one (convert a GGUF with `steerbake convert`)"
+            )
+        return self.model
+
+
+def open_steering(model: str | Path | None, plan: Path | Plan) -> Steering:
+    """MODEL (a folder, a cached Hub id or toy-refuser) and PLAN, opened and checked."""
+    from bake.model.checkpoint import open_checkpoint
+    from bake.model.resolve import resolve_model
+
+    return Steering.open(open_checkpoint(resolve_model(model)), plan)
+
+
+def open_plan_only(plan: Path | Plan) -> Steering:
+    """PLAN against the model it names, without the model (values rounded to F32)."""
+    plan_obj = Plan.load(Path(plan)) if not isinstance(plan, Plan) else plan
+    steering = Steering.open(PlanModel.of(plan_obj), plan_obj)
+    return replace(steering, plan_file=Path(plan) if not isinstance(plan, Plan) else None)
