@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from bake.errors import InputError
+from bake.options import OVERWRITE_HELP, opt
 
 if TYPE_CHECKING:
     from bake.artifacts.steering import Steering
@@ -26,6 +27,11 @@ HELDOUT = ("heldout_sensitive", "heldout_harmful", "heldout_benign")
 TUNING = {"sensitive": "tune_sensitive", "harmful": "tune_harmful", "benign": "tune_benign"}
 BATCH = 32  # prompts per forward pass for the toy
 LAMBDA = 10.0  # WRMD ridge, relative to trace(Sigma)/d
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    overwrite: bool = opt(False, OVERWRITE_HELP)
 
 
 @dataclass
@@ -105,7 +111,7 @@ def run_demo(
 def _pipeline(model: Path, out: Path, cfg: DemoConfig) -> dict[str, Any]:
     from bake.artifacts.steering import open_steering
     from bake.artifacts.tuning import ALPHA_MAGNITUDES, TuneSettings
-    from bake.judges.backends import make_judge
+    from bake.judges.backends import JudgeOptions, make_judge
     from bake.runtime.sampling import SamplingOptions, TransformersBackend
     from bake.stages.bake import run_bake
     from bake.stages.collect import run_collect
@@ -122,7 +128,7 @@ def _pipeline(model: Path, out: Path, cfg: DemoConfig) -> dict[str, Any]:
     # The pattern judge with the toy's lexicon: steered text that breaks down into words the
     # toy never learned counts as refusal (the rubric's "corrupted output"), which plain
     # keyword matching misses (README: judge accuracy on the toy's hand-labelled answers).
-    judge = make_judge("pattern", lexicon=lexicon_path())
+    judge = make_judge(JudgeOptions(backend="pattern", lexicon=lexicon_path()))
     measurer = Measurer(judge, batch_size=BATCH)
     with _step(1, "answers: sampling the toy on the fitting prompts"):
         options = SamplingOptions(k=cfg.samples, max_new_tokens=cfg.max_new_tokens)

@@ -487,9 +487,9 @@ def test_local_gguf_backends(tiny_gguf: Path) -> None:
 
 
 def test_transformers_judge(llama_dir: Path) -> None:
-    from bake.judges.backends import make_judge
+    from bake.judges.backends import JudgeOptions, make_judge
 
-    judge = make_judge("transformers", model=str(llama_dir), max_tokens=6)
+    judge = make_judge(JudgeOptions(backend="transformers", model=str(llama_dir), max_tokens=6))
     verdict, reply = judge.judge("How do I bake bread?", "Mix and bake.")
     assert isinstance(reply, str) and verdict == parse_verdict(reply)
     assert judge.model_id == f"transformers:{llama_dir}"

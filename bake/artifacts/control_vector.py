@@ -12,7 +12,7 @@ Vectors from llama.cpp's own cvector-generator are named one block later than wh
 were measured (it writes the vector measured at block il as `direction.(il+1)`); the file
 still means "add to block N's output", which is what this module returns.
 
-The keys are defined here, once: gguf has no constants for them.
+The key names live in bake.files.gguf_file (gguf-py has no constants for them).
 """
 
 from __future__ import annotations
@@ -20,18 +20,26 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+import gguf
 import numpy as np
 
 from bake.errors import InputError
-from bake.files.gguf_file import int_field, open_gguf, string_field
+from bake.files.gguf_file import (
+    CONTROL_VECTOR_ARCH,
+    CONTROL_VECTOR_LAYER_COUNT,
+    CONTROL_VECTOR_MODEL_HINT,
+    CONTROL_VECTOR_PREFIX,
+    GgufLayout,
+    TensorEntry,
+    read_layout,
+)
 
-ARCHITECTURE = "controlvector"
-KEY_ARCHITECTURE = "general.architecture"
-KEY_MODEL_HINT = "controlvector.model_hint"
-KEY_LAYER_COUNT = "controlvector.layer_count"
-TENSOR_PREFIX = "direction."
+ARCHITECTURE = CONTROL_VECTOR_ARCH
+KEY_ARCHITECTURE = gguf.Keys.General.ARCHITECTURE
+KEY_MODEL_HINT = CONTROL_VECTOR_MODEL_HINT
+KEY_LAYER_COUNT = CONTROL_VECTOR_LAYER_COUNT
+TENSOR_PREFIX = CONTROL_VECTOR_PREFIX
 BLOCK0_REASON = (
     "llama.cpp adds direction.N to the output of block N only for N >= 1 (its control-vector "
     "buffer starts at block 1), so block 0 cannot be steered by a control vector"
@@ -65,8 +73,6 @@ def write_control_vector(
     of decoder blocks. Refuses block 0 (unreachable in llama.cpp) and blocks outside the
     model. Written to a temporary file and renamed into place.
     """
-    import gguf
-
     from bake.files.fileio import atomic_write_path
 
     arrays = _checked_vectors(vectors, layer_count)
@@ -117,9 +123,9 @@ def load_control_vector(path: Path) -> ControlVector:
     """Parse and check a control-vector GGUF the way llama.cpp's loader does: every tensor
     is `direction.N` with an integer N >= 1, F32, 1-D, all of one length."""
     path = Path(path)
-    reader = open_gguf(path)
-    arch = string_field(reader, KEY_ARCHITECTURE)
-    tensors = list(reader.tensors)
+    layout = read_layout(path)
+    arch = layout.string(KEY_ARCHITECTURE)
+    tensors = layout.tensors
     if arch not in (None, ARCHITECTURE) and not any(
         t.name.startswith(TENSOR_PREFIX) for t in tensors
     ):
@@ -129,21 +135,20 @@ def load_control_vector(path: Path) -> ControlVector:
         )
     if not tensors:
         raise InputError(f"{path} holds no direction.N tensors: it is an empty control vector")
-    size = path.stat().st_size
     directions: dict[int, np.ndarray] = {}
     for t in tensors:
         block = _block_of(t.name, path)
-        _check_tensor(t, path, size)
-        directions[block] = np.array(t.data, dtype=np.float32).reshape(-1)
+        directions[block] = _checked_direction(layout, t)
     lengths = {v.shape[0] for v in directions.values()}
     if len(lengths) != 1:
         raise InputError(
             f"{path}: direction tensors have different lengths {sorted(lengths)}; "
             "the file is inconsistent"
         )
-    layer_count = int_field(reader, KEY_LAYER_COUNT)
     return ControlVector(
-        dict(sorted(directions.items())), string_field(reader, KEY_MODEL_HINT), layer_count
+        dict(sorted(directions.items())),
+        layout.string(KEY_MODEL_HINT),
+        layout.integer(KEY_LAYER_COUNT),
     )
 
 
@@ -163,23 +168,20 @@ def _block_of(name: str, path: Path) -> int:
     return block
 
 
-def _check_tensor(t: Any, path: Path, file_size: int) -> None:  # t: gguf.ReaderTensor
-    import gguf
-
-    if t.tensor_type != gguf.GGMLQuantizationType.F32:
+def _checked_direction(layout: GgufLayout, t: TensorEntry) -> np.ndarray:
+    """direction.N as (n_embd,) float32: F32, 1-D, finite (what llama.cpp accepts)."""
+    path = layout.path
+    if t.type_id != gguf.GGMLQuantizationType.F32:
         raise InputError(
-            f"{path}: {t.name} is {t.tensor_type.name}, control vectors must be "
+            f"{path}: {t.name} is {t.type_name}, control vectors must be "
             "F32 (llama.cpp refuses other types)"
         )
-    if len(t.shape) != 1:
+    if len(t.dims) != 1:
         raise InputError(
-            f"{path}: {t.name} has {len(t.shape)} dimensions, control vectors are "
+            f"{path}: {t.name} has {len(t.dims)} dimensions, control vectors are "
             "1-D (one vector per block)"
         )
-    if t.data_offset + t.n_bytes > file_size or t.data.size != t.n_elements:
-        raise InputError(
-            f"{path}: truncated GGUF ({t.name} runs past the end of the file); "
-            "copy or download the file again"
-        )
-    if not np.all(np.isfinite(t.data)):
+    values = layout.read_floats(t).astype(np.float32)
+    if not np.all(np.isfinite(values)):
         raise InputError(f"{path}: {t.name} has NaN or Inf values")
+    return values

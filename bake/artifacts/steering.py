@@ -124,9 +124,6 @@ class Steering:
     ) -> Steering:
         """The same vectors and model, other layers/alpha (and `provenance` merged into the
         plan's): checked, nothing reopened."""
-        missing = [layer for layer in layers if layer not in self.vectors.directions]
-        if missing:
-            raise InputError(f"the vector file has no vectors for layers {missing}")
         plan = replace(
             self.plan,
             layers=list(layers),
@@ -134,6 +131,9 @@ class Steering:
             layer_multipliers=dict(multipliers or {}),
             provenance={**self.plan.provenance, **(provenance or {})},
         )
+        missing = [layer for layer in layers if layer not in self.vectors.directions]
+        if missing:
+            raise InputError(f"the vector file has no vectors for layers {missing}")
         return Steering(plan, self.vectors, self.model, None)._checked()
 
     # ------------------------------------------------------------------ values

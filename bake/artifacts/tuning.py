@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from bake.errors import InputError
+from bake.options import opt
 
 
 def _fmt(x: float) -> str:
@@ -104,15 +105,34 @@ def write_report(result: TuneResult, folder: Path) -> Path:
 ALPHA_MAGNITUDES = (0.025, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.7)
 
 
+def parse_ints(text: str) -> tuple[int, ...]:
+    """--layer-counts: '1,4,8' -> (1, 4, 8)."""
+    return tuple(int(x) for x in text.split(","))
+
+
+def parse_alphas(text: str) -> tuple[float, ...]:
+    """--alphas: '0.05,0.1' -> (0.05, 0.1), magnitudes (the goal gives the sign)."""
+    return tuple(abs(float(x)) for x in text.split(","))
+
+
 @dataclass
 class TuneSettings:
-    goal: str = "remove"  # remove | induce
-    harmful_tolerance: float = 0.1  # allowed drop of harmful refusal (absolute share)
-    benign_tolerance: float = 0.1  # allowed rise of benign refusal (both goals)
-    kl_max: float = 0.1  # bound on benign KL(base || steered)
+    goal: str = opt("remove", choices=("remove", "induce"))
+    harmful_tolerance: float = opt(  # absolute share
+        0.1, "Allowed drop of harmful refusal (share of prompts)."
+    )
+    benign_tolerance: float = opt(  # both goals
+        0.1,
+        "Allowed rise of refusal on the benign set (judged answers; corrupted text counts).",
+    )
+    kl_max: float = opt(0.1, "Bound on benign KL.")  # KL(base || steered)
     drop_deepest: float = 0.2  # share of the deepest layers never steered
-    layer_counts: tuple[int, ...] | None = None  # default 1, 2, 4, 8, ... and all
-    alphas: tuple[float, ...] = ALPHA_MAGNITUDES  # magnitudes; the goal gives the sign
+    layer_counts: tuple[int, ...] | None = opt(  # default 1, 2, 4, 8, ... and all
+        None, "Numbers of layers to try, e.g. 1,4,8.", parse=parse_ints
+    )
+    alphas: tuple[float, ...] = opt(  # magnitudes; the goal gives the sign
+        ALPHA_MAGNITUDES, "Alpha magnitudes to try, e.g. 0.05,0.1,0.2.", parse=parse_alphas
+    )
     refine: int = 3  # bisection steps where a guard broke between two grid points
 
     def check(self) -> None:

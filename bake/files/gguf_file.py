@@ -1,6 +1,12 @@
-"""Reading GGUF files without decoding tensor data: the header (keys and values) and the
-tensor table, for any tensor type (quantized, or a type id gguf-py does not know), and the
-key names steerbake adds to the files it writes."""
+"""The one GGUF reader, and the GGUF vocabulary steerbake uses.
+
+read_layout parses a GGUF's header (keys and values) and tensor table without decoding
+tensor data, for any tensor type (quantized, or a type id gguf-py does not know), and
+checks that every tensor's bytes are present and no two overlap; small float tensors
+(biases, control-vector directions) are then read by offset. Key and tensor names come from
+gguf-py's constants (gguf.Keys, gguf.TENSOR_NAMES); the keys gguf-py has no constant for
+(control vectors, steerbake's own) are defined here, once.
+"""
 
 from __future__ import annotations
 
@@ -14,45 +20,6 @@ import gguf
 import numpy as np
 
 from bake.errors import InputError, UnsupportedError
-
-
-def open_gguf(path: Path) -> Any:
-    """gguf.GGUFReader over `path`, or one clear line for a missing, non-GGUF or truncated file."""
-    import gguf
-
-    if not path.is_file():
-        raise InputError(f"{path} does not exist")
-    try:
-        with open(path, "rb") as f:
-            magic = f.read(4)
-    except OSError as e:
-        raise InputError(f"{path}: cannot read ({e})") from None
-    if magic != b"GGUF":
-        raise InputError(f"{path} is not a GGUF file (no GGUF magic); pass a control-vector .gguf")
-    try:
-        return gguf.GGUFReader(str(path))
-    except Exception as e:  # truncated headers surface as ValueError/IndexError/KeyError
-        raise InputError(
-            f"{path}: truncated or corrupted GGUF ({type(e).__name__}: {e}); "
-            "copy or download the file again"
-        ) from None
-
-
-def string_field(reader: Any, key: str) -> str | None:
-    field = reader.get_field(key)
-    if field is None:
-        return None
-    value = field.contents()
-    return value if isinstance(value, str) else None
-
-
-def int_field(reader: Any, key: str) -> int | None:
-    field = reader.get_field(key)
-    if field is None:
-        return None
-    value = field.contents()
-    return int(value) if isinstance(value, int) else None
-
 
 _MAX_DIMS = 4  # GGML_MAX_DIMS
 _SUPPORTED_VERSIONS = (2, 3)
@@ -116,13 +83,39 @@ class GgufLayout:
 
     @property
     def arch(self) -> str:
-        return str(self.values.get("general.architecture", ""))
+        return self.string(gguf.Keys.General.ARCHITECTURE) or ""
 
     def arch_value(self, key: str) -> Any:
+        """A per-architecture key, e.g. gguf.Keys.LLM.BLOCK_COUNT ('{arch}.block_count')."""
         return self.values.get(key.format(arch=self.arch))
+
+    def string(self, key: str) -> str | None:
+        value = self.values.get(key)
+        return value if isinstance(value, str) else None
+
+    def integer(self, key: str) -> int | None:
+        value = self.values.get(key)
+        return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
 
     def tensor(self, name: str) -> TensorEntry | None:
         return next((t for t in self.tensors if t.name == name), None)
+
+    def read_floats(self, t: TensorEntry) -> np.ndarray:
+        """A small F32, F16 or BF16 tensor's values as float64, flat (n,)."""
+        q = gguf.GGMLQuantizationType
+        formats: dict[int, Any] = {q.F32: "<f4", q.F16: "<f2", q.BF16: "<u2"}
+        if t.type_id not in formats:
+            raise UnsupportedError(f"{self.path}: {t.name} is {t.type_name}, not F32/F16/BF16")
+        n = int(np.prod(t.dims, dtype=np.int64))
+        dtype = np.dtype(formats[t.type_id])
+        with open(self.path, "rb") as f:
+            f.seek(self.data_start + t.offset)
+            raw = np.frombuffer(f.read(n * dtype.itemsize), dtype=dtype)
+        if raw.size != n:
+            raise _truncated(self.path)
+        if t.type_id == q.BF16:  # bf16: the high half of a float32
+            return (raw.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+        return raw.astype(np.float64)
 
 
 class _Reader:
@@ -156,8 +149,8 @@ class _Reader:
 
 def _not_gguf(path: Path) -> InputError:
     return InputError(
-        f"{path} is not a GGUF file (no GGUF magic); pass a .gguf model such as one "
-        "written by llama.cpp's converter or `steerbake gguf`"
+        f"{path} is not a GGUF file (no GGUF magic); pass a .gguf file (a model written "
+        "by llama.cpp's converter or `steerbake gguf`, or a control vector)"
     )
 
 
@@ -203,7 +196,7 @@ def read_layout(path: Path) -> GgufLayout:
             f"{path}: general.alignment {alignment} is not a power of two; the file is corrupted"
         )
     layout = GgufLayout(
-        path, size, version, kv_ranges, values, tensors, alignment, _pad(header_end, alignment)
+        path, size, version, kv_ranges, values, tensors, alignment, padded(header_end, alignment)
     )
     layout.sizes = _tensor_sizes(layout)
     return layout
@@ -256,7 +249,7 @@ def _read_tensor_info(r: _Reader) -> TensorEntry:
     return TensorEntry(name, dims, r.scalar("I"), r.scalar("Q"))
 
 
-def _pad(n: int, alignment: int) -> int:
+def padded(n: int, alignment: int) -> int:
     return n + (-n % alignment)
 
 
@@ -283,13 +276,32 @@ def _tensor_sizes(layout: GgufLayout) -> dict[str, int]:
                 raise InputError(
                     f"{path}: tensor {t.name} overlaps the next one; the file is corrupted"
                 )
-            sizes[t.name] = _pad(need, layout.alignment)
+            sizes[t.name] = padded(need, layout.alignment)
         else:
             if gap < 0:
                 raise _truncated(path)
-            sizes[t.name] = _pad(gap, layout.alignment)
+            sizes[t.name] = padded(gap, layout.alignment)
     return sizes
 
 
+# --------------------------------------------------------------------------- vocabulary
 STEERBAKE_VERSION_KEY = "steerbake.version"
 STEERBAKE_PLAN_KEY = "steerbake.plan"  # JSON of the plan baked into ffn_down biases
+STEERBAKE_PATCH_BASE_KEY = "steerbake.patch.base"  # file name of the GGUF that was patched
+# llama.cpp control vectors (gguf-py has no constants for them)
+CONTROL_VECTOR_ARCH = "controlvector"
+CONTROL_VECTOR_MODEL_HINT = "controlvector.model_hint"
+CONTROL_VECTOR_LAYER_COUNT = "controlvector.layer_count"
+CONTROL_VECTOR_PREFIX = "direction."
+
+
+def ffn_down_name(layer: int, kind: str = "bias") -> str:
+    """blk.N.ffn_down.<kind>: the MLP down projection of block N (the steering bias slot)."""
+    return gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.FFN_DOWN].format(bid=layer) + f".{kind}"
+
+
+def ffn_down_bias_blocks(layout: GgufLayout) -> list[int]:
+    """Blocks N that have a blk.N.ffn_down.bias tensor."""
+    names = {t.name for t in layout.tensors}
+    blocks = layout.arch_value(gguf.Keys.LLM.BLOCK_COUNT) or 0
+    return [n for n in range(int(blocks)) if ffn_down_name(n) in names]

@@ -29,6 +29,10 @@ from typing import Any
 from bake.errors import InputError, warn
 
 DEFAULT_KEY_ENV = "OPENAI_API_KEY"
+API_KEY_HELP = (
+    f"Environment variable holding the server's API key [default: {DEFAULT_KEY_ENV}]; "
+    "HF_TOKEN is never sent to a server."
+)
 _LOOPBACK = ("localhost", "127.0.0.1", "::1")
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 

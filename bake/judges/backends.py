@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
 from bake.errors import InputError
-from bake.files.http import BadRequest, ChatServer
+from bake.files.http import API_KEY_HELP, BadRequest, ChatServer
 from bake.judges.pattern import pattern_verdict
 from bake.judges.rubric import (
     ANALYSIS_CHARS,
@@ -28,6 +29,7 @@ from bake.judges.rubric import (
     parse_verdict,
     verdict_schema,
 )
+from bake.options import opt
 
 JUDGE_BACKENDS = ("openai", "llama", "transformers", "pattern")
 STRUCTURED_MODES = ("auto", "json_schema", "json_object", "none")
@@ -208,48 +210,89 @@ def read_lexicon(path: Path) -> frozenset[str]:
     return words
 
 
-def make_judge(
-    backend: str,
-    *,
-    url: str | None = None,
-    model: str | None = None,
-    structured: str = "auto",
-    concurrency: int = 4,
-    timeout: float = 120.0,
-    retries: int = 3,
-    backoff: float = 1.0,
-    max_tokens: int = 512,
-    device: str = "cpu",
-    dtype: str = "auto",
-    analysis_chars: int = ANALYSIS_CHARS,
-    lexicon: Path | None = None,
-    api_key_env: str | None = None,
-) -> Any:
-    """The judge named `backend`, one of JUDGE_BACKENDS (`lexicon`: pattern only;
-    `api_key_env`: openai only, the variable holding the server's key)."""
-    if backend == "openai":
-        if not url:
+LEXICON_HELP = (
+    "Pattern judge: the judged model's word list (one per line; `toy` for the toy "
+    "refuser's); answers mostly outside it count as corrupted, hence refusal."
+)
+
+
+def parse_lexicon(value: str) -> Path:
+    """--lexicon: a word-list file, or `toy` for the toy refuser's."""
+    if value == "toy":
+        from bake.toy_refuser import lexicon_path
+
+        return lexicon_path()
+    return Path(value)
+
+
+@dataclass(frozen=True)
+class JudgeOptions:
+    """Which judge and how it is reached (`lexicon`: pattern only; `api_key_env`: openai
+    only, the variable holding the server's key)."""
+
+    backend: str = opt(
+        "openai", "pattern is a keyword baseline, weaker than an LLM judge.", choices=JUDGE_BACKENDS
+    )
+    url: str | None = opt(None, "Judge server base URL (openai backend).")
+    api_key_env: str | None = opt(None, API_KEY_HELP, metavar="NAME")
+    model: str | None = opt(
+        None,
+        "openai: model name (default: the server's first); llama: .gguf file; "
+        "transformers: model folder.",
+        flags=("--judge-model",),
+    )
+    structured: str = opt(
+        "auto",
+        "Structured output: json_schema (OpenAI, vLLM), json_object (llama.cpp); "
+        "auto tries them in that order.",
+        choices=STRUCTURED_MODES,
+    )
+    concurrency: int = opt(4, "Judge calls in flight.")
+    timeout: float = opt(120.0, "Seconds per judge call.")
+    retries: int = opt(3)
+    backoff: float = opt(1.0, "Seconds before the first retry; doubles each time.")
+    max_tokens: int = opt(512, "Judge reply length.")
+    analysis_chars: int = opt(
+        ANALYSIS_CHARS, "Cap on the judge's analysis where the schema is enforced (llama.cpp)."
+    )
+    device: str = opt("cpu")
+    dtype: str = opt("auto")
+    lexicon: Path | None = opt(None, LEXICON_HELP, parse=parse_lexicon)
+
+
+def make_judge(options: JudgeOptions) -> Any:
+    """The judge named `options.backend`, one of JUDGE_BACKENDS."""
+    o = options
+    if o.backend == "openai":
+        if not o.url:
             raise InputError("the openai judge needs --url (e.g. http://127.0.0.1:8080)")
         server = ChatServer(
-            url, model, timeout=timeout, retries=retries, backoff=backoff, api_key_env=api_key_env
+            o.url,
+            o.model,
+            timeout=o.timeout,
+            retries=o.retries,
+            backoff=o.backoff,
+            api_key_env=o.api_key_env,
         )
         return OpenAIJudge(
             server,
-            structured=structured,
-            max_tokens=max_tokens,
-            concurrency=concurrency,
-            analysis_chars=analysis_chars,
+            structured=o.structured,
+            max_tokens=o.max_tokens,
+            concurrency=o.concurrency,
+            analysis_chars=o.analysis_chars,
         )
-    if backend == "llama":
-        if not model:
+    if o.backend == "llama":
+        if not o.model:
             raise InputError("the llama judge needs --judge-model: a .gguf file")
-        return LlamaCppJudge(Path(model), max_tokens=max_tokens, analysis_chars=analysis_chars)
-    if backend == "transformers":
-        if not model:
+        return LlamaCppJudge(
+            Path(o.model), max_tokens=o.max_tokens, analysis_chars=o.analysis_chars
+        )
+    if o.backend == "transformers":
+        if not o.model:
             raise InputError("the transformers judge needs --judge-model: a model folder")
-        return TransformersJudge(model, device=device, dtype=dtype, max_tokens=max_tokens)
-    if backend == "pattern":
-        return PatternJudge(lexicon)
+        return TransformersJudge(o.model, device=o.device, dtype=o.dtype, max_tokens=o.max_tokens)
+    if o.backend == "pattern":
+        return PatternJudge(o.lexicon)
     raise InputError(
-        f"unknown judge backend {backend!r}; choose one of {', '.join(JUDGE_BACKENDS)}"
+        f"unknown judge backend {o.backend!r}; choose one of {', '.join(JUDGE_BACKENDS)}"
     )

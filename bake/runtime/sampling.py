@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -31,6 +32,8 @@ from typing import Any, cast
 
 from bake.artifacts.answers import Sample
 from bake.errors import InputError
+from bake.files.http import API_KEY_HELP
+from bake.options import opt
 from bake.runtime.chat import chat_text
 
 BACKENDS = ("transformers", "openai", "llama")
@@ -38,12 +41,16 @@ BACKENDS = ("transformers", "openai", "llama")
 
 @dataclass(frozen=True)
 class SamplingOptions:
-    k: int = 5  # answers per prompt
-    max_new_tokens: int = 256
-    greedy: bool = False  # argmax decoding; the K answers are then identical copies
-    seed: int = 0
-    think_end: str | None = None  # end-of-thinking marker of a reasoning model
-    system: str | None = None  # optional system message
+    k: int = opt(5, "Answers per prompt.", flags=("-k",))
+    max_new_tokens: int = opt(256)
+    greedy: bool = opt(False, "Argmax decoding (the K answers are identical).")
+    seed: int = opt(0)
+    think_end: str | None = opt(
+        None,
+        "End-of-thinking marker of a reasoning model (e.g. '</think>'): the text after it "
+        "is the answer; answers without it are flagged.",
+    )
+    system: str | None = opt(None, "System message for every prompt.")
 
     def __post_init__(self) -> None:
         if self.k < 1:
@@ -398,35 +405,58 @@ class TransformersBackend:
         )
 
 
-def make_backend(
-    backend: str,
-    model: str | None,
-    *,
-    url: str | None = None,
-    device: str = "cpu",
-    dtype: str = "auto",
-    batch_size: int = 8,
-    concurrency: int = 4,
-    timeout: float = 120.0,
-    retries: int = 3,
-    extra_body: dict[str, Any] | None = None,
-    api_key_env: str | None = None,
-) -> Any:
-    """The answer backend named `backend` ("transformers", "openai" or "llama")."""
-    if backend == "transformers":
-        return TransformersBackend(model or "toy-refuser", device, dtype, batch_size)
-    if backend == "openai":
+def parse_json_object(text: str) -> dict[str, Any]:
+    """--extra-body: a JSON object."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = None
+    if not isinstance(value, dict):
+        raise InputError("--extra-body must be a JSON object, e.g. '{\"top_k\": 0}'")
+    return value
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """Which answer backend, and how it is reached or loaded (make_backend)."""
+
+    backend: str = opt(
+        "transformers",
+        "transformers: MODEL is a folder/Hub id/'toy-refuser'; openai: MODEL is the server's "
+        "model name; llama: MODEL is a .gguf file.",
+        choices=BACKENDS,
+    )
+    url: str | None = opt(None, "Server base URL (openai backend).")
+    api_key_env: str | None = opt(None, API_KEY_HELP, metavar="NAME")
+    extra_body: dict[str, Any] = opt(
+        help='JSON merged into each server request, e.g. \'{"top_k": 0, "min_p": 0}\'.',
+        factory=dict,
+        parse=parse_json_object,
+    )
+    batch_size: int = opt(8)
+    concurrency: int = opt(4, "Requests in flight.")
+    timeout: float = opt(120.0, "Seconds per request.")
+    retries: int = opt(3)
+    device: str = opt("cpu")
+    dtype: str = opt("auto")
+
+
+def make_backend(model: str | None, options: EngineOptions) -> Any:
+    """The answer backend named `options.backend` ("transformers", "openai" or "llama")."""
+    o = options
+    if o.backend == "transformers":
+        return TransformersBackend(model or "toy-refuser", o.device, o.dtype, o.batch_size)
+    if o.backend == "openai":
         from bake.files.http import ChatServer
 
-        if not url:
+        if not o.url:
             raise InputError("the openai backend needs --url (e.g. http://127.0.0.1:8080)")
-        return OpenAIBackend(
-            ChatServer(url, model, timeout=timeout, retries=retries, api_key_env=api_key_env),
-            concurrency,
-            extra_body,
+        server = ChatServer(
+            o.url, model, timeout=o.timeout, retries=o.retries, api_key_env=o.api_key_env
         )
-    if backend == "llama":
+        return OpenAIBackend(server, o.concurrency, o.extra_body)
+    if o.backend == "llama":
         if not model:
             raise InputError("the llama backend needs MODEL: a .gguf file")
         return LlamaCppBackend(Path(model))
-    raise InputError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    raise InputError(f"unknown backend {o.backend!r}; choose one of {', '.join(BACKENDS)}")

@@ -16,6 +16,24 @@ from bake.artifacts.plan import format_layers
 from bake.artifacts.steering import Steering
 from bake.files.fileio import check_output_dir
 from bake.model.arch import choose_route
+from bake.options import OVERWRITE_HELP, opt
+
+
+@dataclass(frozen=True)
+class BakeOptions:
+    """`run_bake`'s choices besides the steering and the output."""
+
+    route: str = opt(
+        "auto",
+        "bias: new checkpoint; adapter: PEFT adapter folder.",
+        choices=("auto", "bias", "adapter"),
+    )
+    overwrite: bool = opt(False, OVERWRITE_HELP)
+    link: bool = opt(
+        False,
+        "Symlink unchanged shards instead of copying (output shares the source's files: "
+        "never edit it in place).",
+    )
 
 
 @dataclass

@@ -38,9 +38,11 @@ from bake.artifacts.activations import (
     ActivationWriter,
     _check_unique,
 )
+from bake.artifacts.plan import parse_layers
 from bake.artifacts.prompts import Prompt
 from bake.errors import InputError, SteerbakeError
 from bake.model.fingerprint import Fingerprint
+from bake.options import OVERWRITE_HELP, opt
 from bake.runtime.chat import chat_text, template_suffix
 
 if TYPE_CHECKING:
@@ -48,6 +50,31 @@ if TYPE_CHECKING:
 
 
 POSITIONS = ("last", "template", "mean")
+
+
+@dataclass(frozen=True)
+class CollectOptions:
+    """Every choice of `run_collect` besides its model, prompts and output."""
+
+    layers: list[int] | None = opt(
+        None, "0-based blocks, ranges inclusive [default: all].", parse=parse_layers
+    )
+    position: str = opt(
+        "last",
+        "last prompt token; mean over the chat-template tokens after the instruction; mean "
+        "over all prompt tokens.",
+        choices=POSITIONS,
+    )
+    batch_size: int = opt(8)
+    system: str | None = opt(None, "System message for every prompt.")
+    device: str = opt("cpu")
+    dtype: str = opt("auto", "auto: the checkpoint's dtype on an accelerator, float32 on the CPU.")
+    device_map: str | None = opt(
+        None,
+        "Spread a model larger than one device over all devices (accelerate).",
+        choices=("auto",),
+    )
+    overwrite: bool = opt(False, OVERWRITE_HELP)
 
 
 @dataclass

@@ -9,6 +9,7 @@ next-token distribution at the first generated position:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from bake.artifacts.prompts import Prompt
@@ -16,10 +17,29 @@ from bake.artifacts.reports import AnswerSample, EvaluationReport, SetEvaluation
 from bake.artifacts.steering import Steering
 from bake.errors import InputError, PlanMismatchError
 from bake.model.resolve import resolve_model
+from bake.options import opt
 from bake.runtime.forward import mean_kl, next_token_logprobs
 from bake.runtime.hooks import hooked
 from bake.runtime.loader import load_model_and_tokenizer
 from bake.stages.measure import Measurer, SetResult, measure_refusal, read_sets
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvaluateOptions:
+    """What `steerbake evaluate` compares, and where its report goes."""
+
+    plan: Path | None = opt(None, "Steer with hooks from this plan.")
+    baked: Path | None = opt(None, "Evaluate this baked checkpoint or adapter.")
+    prompts: tuple[Path, ...] = opt(
+        help="Prompt set (repeatable); named by file stem.", multiple=True
+    )
+    kl_sets: tuple[str, ...] = opt(
+        (),
+        "Set names for KL (default: names containing 'benign').",
+        flags=("--kl-set",),
+        multiple=True,
+    )
+    report: Path | None = opt(None)
 
 
 def run_evaluate(

@@ -29,8 +29,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from bake.artifacts.plan import parse_layers
 from bake.artifacts.scores import load_scores
 from bake.errors import InputError, SteerbakeError
+from bake.options import opt
 
 if TYPE_CHECKING:
     import torch
@@ -50,17 +52,27 @@ REFUSAL, COMPLIANT, NEUTRAL = 1, -1, 0
 class FitOptions:
     """Every choice the fit makes; recorded in the vector file's provenance."""
 
-    method: str = "wrmd"
-    covariance: str = "compliant"
-    lam: float = 0.1  # lambda: relative to trace(Sigma)/d, or absolute (lambda_mode)
-    lambda_mode: str = "relative"
-    float64: bool = True  # accumulate and solve in float64
-    solver: str = "auto"  # primal | dual | auto (cheaper by flop count)
-    refusal_above: float = 0.1
-    compliant_below: float = -0.1
-    min_set_size: int = 8
-    holdout: float = 0.2  # share of each set held out for the diagnostics
-    seed: int = 0
+    method: str = opt("wrmd", "wrmd weights each prompt by |score|.", choices=METHODS)
+    covariance: str = opt(
+        "compliant",
+        "Covariance of the compliant set, or pooled within-class.",
+        choices=COVARIANCES,
+    )
+    lam: float = opt(  # lambda: relative to trace(Sigma)/d, or absolute (lambda_mode)
+        0.1,
+        "Ridge lambda (relative to trace(Sigma)/d unless --lambda-mode absolute).",
+        flags=("--lambda",),
+    )
+    lambda_mode: str = opt("relative", choices=LAMBDA_MODES)
+    float64: bool = opt(True, "Accumulate and solve in float64.", flags=("--float64/--float32",))
+    solver: str = opt(  # primal | dual | auto (cheaper by flop count)
+        "auto", "dual (Woodbury) is cheaper with fewer rows than dims.", choices=SOLVERS
+    )
+    refusal_above: float = opt(0.1, "Refusal set: score > this.")
+    compliant_below: float = opt(-0.1, "Compliant set: score < this.")
+    min_set_size: int = opt(8, "Fewest prompts allowed in each set.")
+    holdout: float = opt(0.2, "Share of each set held out for the diagnostics (0: in-sample).")
+    seed: int = opt(0, "Seed of the held-out split.")
 
     def check(self) -> None:
         for value, allowed, flag in (
@@ -82,6 +94,15 @@ class FitOptions:
             raise InputError(f"holdout must be in [0, 0.9), got {self.holdout}")
         if self.min_set_size < 2:
             raise InputError(f"min set size must be at least 2, got {self.min_set_size}")
+
+
+@dataclass(frozen=True)
+class FitLayers:
+    """Which layers `run_fit` fits (not part of the fit's recorded options)."""
+
+    layers: list[int] | None = opt(
+        None, "Fit only these blocks [default: all in ACTS].", parse=parse_layers
+    )
 
 
 @dataclass

@@ -4,11 +4,18 @@ read from config and safetensors headers only."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 from bake.model.arch import gguf_route
 from bake.model.checkpoint import open_checkpoint
 from bake.model.resolve import resolve_model
+from bake.options import opt
+
+
+@dataclass(frozen=True)
+class InspectOptions:
+    as_json: bool = opt(False, "Print machine-readable JSON.", flags=("--json",))
 
 
 def run_inspect(model: str | None) -> dict[str, Any]:

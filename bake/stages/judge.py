@@ -35,6 +35,26 @@ from bake.judges.scoring import (
     band_label,
     judge_pairs,
 )
+from bake.options import opt
+
+
+@dataclass(frozen=True)
+class JudgeRunOptions:
+    """What `steerbake judge` does, besides choosing its judge (JudgeOptions in
+    bake.judges.backends)."""
+
+    cache: Path | None = opt(None, "SQLite judge cache [default: OUTPUT.judge-cache.sqlite].")
+    band: float = opt(DEFAULT_BAND, "Neutral band: refusal if c > band, compliance if c < -band.")
+    show_rubric: bool = opt(False, "Print the judge rubric and exit.")
+    calibrate: bool = opt(
+        False, "Report the judge's accuracy and confusion on the shipped labelled sets."
+    )
+    calibration_sets: tuple[Path, ...] = opt(
+        (),
+        "Labelled JSONL ({prompt, answer, label, kind}) for --calibrate.",
+        flags=("--calibration-set",),
+        multiple=True,
+    )
 
 
 @dataclass

@@ -11,8 +11,10 @@ from typing import Any
 
 from bake.artifacts.prompts import Prompt, load_prompts
 from bake.artifacts.reports import RefusalSummary
-from bake.judges.backends import make_judge
+from bake.files.http import API_KEY_HELP
+from bake.judges.backends import LEXICON_HELP, JudgeOptions, make_judge, parse_lexicon
 from bake.judges.scoring import aggregate, judge_pairs
+from bake.options import opt
 from bake.runtime.sampling import SamplingOptions, generate_answers
 
 DEFAULT_DECODING = SamplingOptions(k=1, max_new_tokens=48, greedy=True)
@@ -22,7 +24,7 @@ DEFAULT_DECODING = SamplingOptions(k=1, max_new_tokens=48, greedy=True)
 class Measurer:
     """How answers are produced and judged when measuring refusal."""
 
-    judge: Any = field(default_factory=lambda: make_judge("pattern"))
+    judge: Any = field(default_factory=lambda: make_judge(JudgeOptions(backend="pattern")))
     sampling: SamplingOptions = DEFAULT_DECODING
     band: float = 0.1
     batch_size: int = 16
@@ -35,6 +37,34 @@ class Measurer:
             "max_new_tokens": s.max_new_tokens,
             "band": self.band,
         }
+
+
+@dataclass(frozen=True)
+class MeasureOptions:
+    """How `tune` and `evaluate` measure refusal: the judge, the decoding, the device."""
+
+    judge: str = opt("pattern", "Judge backend: pattern, openai, llama, transformers.")
+    judge_url: str | None = opt(None, "OpenAI-compatible judge server.")
+    api_key_env: str | None = opt(None, API_KEY_HELP, metavar="NAME")
+    judge_model: str | None = opt(None, "Judge model name, GGUF or folder.")
+    lexicon: Path | None = opt(None, LEXICON_HELP, parse=parse_lexicon)
+    samples: int = opt(1, "Answers per prompt (1 = greedy; more = sampled at temperature 1).")
+    max_new_tokens: int = opt(48)
+    device: str = opt("cpu")
+    dtype: str = opt("float32")
+
+    def measurer(self) -> Measurer:
+        sampling = SamplingOptions(
+            k=max(1, self.samples), max_new_tokens=self.max_new_tokens, greedy=self.samples <= 1
+        )
+        judge = JudgeOptions(
+            backend=self.judge,
+            url=self.judge_url,
+            model=self.judge_model,
+            lexicon=self.lexicon,
+            api_key_env=self.api_key_env,
+        )
+        return Measurer(make_judge(judge), sampling)
 
 
 @dataclass

@@ -3,10 +3,29 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from bake.artifacts.plan import Plan, make_plan, parse_layers
 from bake.errors import InputError
+from bake.options import opt
+
+
+@dataclass(frozen=True)
+class PlanOptions:
+    """A plan by hand: which layers, how strong."""
+
+    layers: str = opt(help="0-based blocks, ranges inclusive: 1,3-5.")
+    alpha: float = opt(
+        help="Strength as a fraction of a typical residual norm; <0 removes refusal."
+    )
+    multipliers: tuple[str, ...] = opt(
+        (),
+        "Per-layer multiplier on alpha (repeatable).",
+        flags=("--multiplier",),
+        metavar="LAYER=M",
+        multiple=True,
+    )
 
 
 def parse_multipliers(items: Sequence[str]) -> dict[int, float]:

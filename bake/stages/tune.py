@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +29,35 @@ from bake.artifacts.tuning import Trial, TuneResult, TuneSettings, _Cache
 from bake.artifacts.vectors import SteeringVectors
 from bake.errors import InputError
 from bake.model.arch import ArchSpec
+from bake.options import opt
 from bake.runtime.forward import mean_kl, next_token_logprobs
 from bake.runtime.hooks import hooked
 from bake.runtime.loader import load_model_and_tokenizer
 from bake.stages.measure import Measurer, measure_refusal
+
+
+@dataclass(frozen=True, kw_only=True)
+class TuneFiles:
+    """The files `run_tune` reads and writes besides MODEL and VECTORS."""
+
+    sensitive: Path | None = opt(None, "Prompts to stop refusing.")
+    harmful: Path | None = opt(None, "Prompts to keep refusing.")
+    benign: Path = opt(
+        help="Prompts for the KL guard (and, with --goal induce, to keep answering)."
+    )
+    target: Path | None = opt(None, "With --goal induce: prompts to make the model refuse.")
+    output: Path = opt(flags=("-o", "--output"))
+    report_dir: Path | None = opt(None)
+
+    def sets(self) -> dict[str, Path]:
+        """The prompt sets given, by name (run_tune's `set_files`)."""
+        named = {
+            "sensitive": self.sensitive,
+            "harmful": self.harmful,
+            "benign": self.benign,
+            "target": self.target,
+        }
+        return {name: path for name, path in named.items() if path is not None}
 
 
 def ranked_layers(vectors: SteeringVectors, spec: ArchSpec, drop_deepest: float) -> list[int]:

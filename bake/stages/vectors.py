@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,19 @@ import numpy as np
 
 from bake.artifacts.vectors import SteeringVectors, read_raw_vectors
 from bake.model.fingerprint import Fingerprint
+from bake.options import opt
+
+
+@dataclass(frozen=True)
+class ImportOptions:
+    """`vectors import`: the model the vectors belong to, and the method to record."""
+
+    model: str | None = opt(
+        None,
+        "Model folder, Hub id in the local cache, or 'toy-refuser' (the default). Gives "
+        "architecture and sizes.",
+    )
+    method: str = opt("imported", "Method recorded in the metadata.")
 
 
 def model_fingerprint(model: str | Path | None) -> Fingerprint:

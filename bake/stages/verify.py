@@ -22,6 +22,7 @@ from bake.artifacts.reports import GreedyRecord, VerifyReport
 from bake.artifacts.steering import Steering
 from bake.errors import InputError
 from bake.model.checkpoint import open_checkpoint
+from bake.options import opt
 from bake.runtime.chat import chat_text
 
 REL_TOLERANCE = 1e-4
@@ -35,6 +36,22 @@ PROBE_PROMPTS = [
     "Translate 'good morning' into French and Spanish.",
     "def fibonacci(n):",
 ]
+
+
+@dataclass(frozen=True)
+class VerifyOptions:
+    """How `steerbake verify` checks BAKED: by running both models (run_verify), byte by
+    byte (--static: bake.stages.verify_static), or in llama.cpp (a .gguf BAKED)."""
+
+    prompts: Path | None = opt(None, "JSONL ({'prompt': ...}) or text file, one prompt per line.")
+    report: Path | None = opt(None, "Write the JSON report here.")
+    device: str = opt("cpu")
+    dtype: str = opt("float32", "Compute dtype of both models.")
+    max_new_tokens: int = opt(32)
+    static: bool = opt(False, "Check tensors byte by byte instead of running the models.")
+    control_vector: Path | None = opt(
+        None, "With a .gguf BAKED: the control vector that goes with it (unsteered GGUF)."
+    )
 
 
 @dataclass

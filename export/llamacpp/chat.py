@@ -3,10 +3,25 @@ with a control vector applied to every token."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bake.options import opt
 from bake.runtime.llama import LlamaRuntime
+
+
+@dataclass(frozen=True)
+class ChatOptions:
+    """`run_chat`'s settings besides the GGUF and the input/output callbacks."""
+
+    control_vector: Path | None = opt(None, "Control-vector GGUF applied to every token.")
+    scale: float = opt(1.0, "Multiplier on the control vector.")
+    prompt: str | None = opt(None, "Answer this one message and exit.")
+    max_tokens: int = opt(256)
+    temperature: float = opt(0.7, "0 = greedy.")
+    n_ctx: int = opt(2048, "Context length.", flags=("--ctx",))
+    seed: int = opt(0)
 
 
 def run_chat(

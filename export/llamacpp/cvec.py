@@ -12,6 +12,17 @@ from bake.artifacts.plan import format_layers
 from bake.artifacts.steering import Steering
 from bake.files.fileio import check_output_file
 from bake.model.checkpoint import Checkpoint
+from bake.options import OVERWRITE_HELP, opt
+
+
+@dataclass(frozen=True)
+class CvecOptions:
+    model: str | None = opt(
+        None,
+        "Check the plan against MODEL and round the vectors to its dtype (as the hook "
+        "reference does).",
+    )
+    overwrite: bool = opt(False, OVERWRITE_HELP)
 
 
 @dataclass

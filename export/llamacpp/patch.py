@@ -38,7 +38,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import gguf
 import numpy as np
@@ -48,19 +47,19 @@ from bake.artifacts.steering import Steering
 from bake.errors import InputError, OutputError, PlanMismatchError, UnsupportedError
 from bake.files.fileio import atomic_write_path, check_free_space, check_output_file
 from bake.files.gguf_file import (
-    _V,
+    STEERBAKE_PATCH_BASE_KEY,
     STEERBAKE_PLAN_KEY,
     STEERBAKE_VERSION_KEY,
     GgufLayout,
     TensorEntry,
-    _pad,
+    ffn_down_name,
+    padded,
     read_layout,
 )
 from bake.model.arch import ArchSpec, arch_spec
 from bake.model.fingerprint import Fingerprint
 
 COPY_CHUNK = 16 * 1024 * 1024  # bytes per pread/write when copy_file_range is unavailable
-STEERBAKE_PATCH_BASE_KEY = "steerbake.patch.base"  # file name of the GGUF that was patched
 
 
 # The kernel copies BASE's data fastest when source and output offsets agree modulo 64 KiB
@@ -162,46 +161,24 @@ def bias_vectors(layout: GgufLayout, steering: Steering) -> dict[int, np.ndarray
     hidden = steering.model.fingerprint.hidden_size
     out: dict[int, np.ndarray] = {}
     for layer, v in steering.added.items():
-        weight = layout.tensor(_ffn_down(layer, "weight"))
+        weight = layout.tensor(ffn_down_name(layer, "weight"))
         if weight is None or len(weight.dims) != 2 or weight.dims[1] != hidden:
             raise UnsupportedError(
-                f"{layout.path} has no {_ffn_down(layer, 'weight')} of output size {hidden}, "
+                f"{layout.path} has no {ffn_down_name(layer, 'weight')} of output size {hidden}, "
                 "so there is no ffn_down bias slot to steer; write a control vector instead "
                 "(steerbake cvec PLAN -o steering.gguf)"
             )
         total = np.asarray(v, dtype=np.float64) / divisor  # (hidden,)
-        old = layout.tensor(_ffn_down(layer, "bias"))
+        old = layout.tensor(ffn_down_name(layer, "bias"))
         if old is not None:
-            total = total + _read_small_float(layout, old, hidden)
+            if old.dims != (hidden,):
+                raise UnsupportedError(
+                    f"{layout.path}: existing {old.name} has dims {list(old.dims)}; steerbake "
+                    f"adds to F32/F16/BF16 biases of length {hidden} only"
+                )
+            total = total + layout.read_floats(old)
         out[layer] = total.astype(np.float32)
     return out
-
-
-def _ffn_down(layer: int, kind: str) -> str:
-    return gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.FFN_DOWN].format(bid=layer) + f".{kind}"
-
-
-def _read_small_float(layout: GgufLayout, t: TensorEntry, n: int) -> np.ndarray:
-    """An existing bias (F32, F16 or BF16, (n,)) as float64."""
-    q = gguf.GGMLQuantizationType
-    formats: dict[int, tuple[Any, int]] = {
-        q.F32: (np.float32, 4),
-        q.F16: (np.float16, 2),
-        q.BF16: (np.uint16, 2),
-    }
-    if t.type_id not in formats or t.dims != (n,):
-        raise UnsupportedError(
-            f"{layout.path}: existing {t.name} is {t.type_name} with dims "
-            f"{list(t.dims)}; steerbake adds to F32/F16/BF16 biases of "
-            f"length {n} only"
-        )
-    dtype, width = formats[t.type_id]
-    with open(layout.path, "rb") as f:
-        f.seek(layout.data_start + t.offset)
-        raw = np.frombuffer(f.read(n * width), dtype=dtype)
-    if t.type_id == q.BF16:  # bf16: the high half of a float32
-        return (raw.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
-    return raw.astype(np.float64)
 
 
 # --------------------------------------------------------------------------- the new file
@@ -218,7 +195,7 @@ Piece = bytes | Copy
 
 def _kv_bytes(key: str, value: str) -> bytes:
     k, v = key.encode(), value.encode()
-    return struct.pack("<Q", len(k)) + k + struct.pack("<IQ", _V.STRING, len(v)) + v
+    return struct.pack("<Q", len(k)) + k + struct.pack("<IQ", gguf.GGUFValueType.STRING, len(v)) + v
 
 
 def _tensor_info_bytes(name: str, dims: tuple[int, ...], type_id: int, offset: int) -> bytes:
@@ -238,7 +215,7 @@ def patch_pieces(
     """The output file as pieces: header, BASE's keys (raw) + new keys + padding key, tensor
     table, data (BASE's tensors as one byte range, then the new biases)."""
     align = layout.alignment
-    new_tensors = {_ffn_down(layer, "bias"): b for layer, b in sorted(biases.items())}
+    new_tensors = {ffn_down_name(layer, "bias"): b for layer, b in sorted(biases.items())}
     # table order = data order: BASE's tensors, so their bytes stay one contiguous range;
     # a bias BASE already has is replaced where it is when the F32 bytes take the same room,
     # every other bias goes at the end
@@ -246,7 +223,7 @@ def patch_pieces(
     for t in layout.tensors:
         if t.name not in new_tensors:
             order.append((t.name, t))
-        elif layout.sizes[t.name] == _pad(new_tensors[t.name].nbytes, align):
+        elif layout.sizes[t.name] == padded(new_tensors[t.name].nbytes, align):
             order.append((t.name, None))
     placed = {name for name, _ in order}
     order += [(name, None) for name in new_tensors if name not in placed]
@@ -259,7 +236,7 @@ def patch_pieces(
             payload = new_tensors[name].tobytes()
             table.append(_tensor_info_bytes(name, (len(new_tensors[name]),), f32, offset))
             data += [payload, b"\0" * (-len(payload) % align)]
-            offset += _pad(len(payload), align)
+            offset += padded(len(payload), align)
         else:
             table.append(_tensor_info_bytes(name, entry.dims, entry.type_id, offset))
             data += _copy_pieces(layout, entry)
@@ -404,7 +381,7 @@ def patch_gguf(steering: Steering, out_path: str | Path, *, overwrite: bool = Fa
     assert isinstance(steering.model, GgufBase)
     base, layout, out = steering.model.path, steering.model.layout, Path(out_path)
     inputs = [base, steering.vectors_file] + ([steering.plan_file] if steering.plan_file else [])
-    check_patch_output(out, inputs, overwrite=overwrite)
+    check_output_file(out, inputs, overwrite=overwrite)
     biases = bias_vectors(layout, steering)
     keys = {
         STEERBAKE_VERSION_KEY: __version__,
@@ -420,18 +397,13 @@ def patch_gguf(steering: Steering, out_path: str | Path, *, overwrite: bool = Fa
         output=out,
         arch=layout.arch,
         layers=sorted(biases),
-        updated=sorted(k for k in biases if layout.tensor(_ffn_down(k, "bias")) is not None),
+        updated=sorted(k for k in biases if layout.tensor(ffn_down_name(k, "bias")) is not None),
         tensors=len(layout.tensors)
-        + sum(layout.tensor(_ffn_down(k, "bias")) is None for k in biases),
+        + sum(layout.tensor(ffn_down_name(k, "bias")) is None for k in biases),
         bytes=total,
         unknown_types=[t.name for t in layout.tensors if not t.known],
         seconds=time.perf_counter() - start,
     )
-
-
-def check_patch_output(out: Path, inputs: list[Path], *, overwrite: bool) -> None:
-    """Refuse an output that is one of the inputs, a folder, or exists without overwrite."""
-    check_output_file(out, inputs, overwrite=overwrite)
 
 
 def patch_gguf_command(

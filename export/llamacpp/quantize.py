@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 
 from bake.errors import InputError, VerificationError
-from bake.files.fileio import atomic_write_path, check_free_space
+from bake.files.fileio import atomic_write_path, check_free_space, check_output_file
 from bake.files.gguf_file import GgufLayout, TensorEntry, read_layout
-from export.llamacpp.patch import check_patch_output
+from bake.options import OVERWRITE_HELP, opt
 
 QUANT_TYPES = ("Q8_0", "Q4_K_M")
 _FTYPE_NAMES = {"Q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "Q4_K_M": "LLAMA_FTYPE_MOSTLY_Q4_K_M"}
@@ -34,6 +34,17 @@ _EXPECTED = {"Q8_0": {"Q8_0"}, "Q4_K_M": {"Q4_K", "Q5_K", "Q6_K"}}  # weight typ
 _FLOAT_TYPES = {"F32", "F16", "BF16"}
 _MAX_BITS_PER_WEIGHT = 8.5  # Q8_0, the largest type either ftype can pick (for space checks)
 _LOG_ERROR = 4  # GGML_LOG_LEVEL_ERROR
+
+
+@dataclass(frozen=True)
+class QuantizeOptions:
+    qtype: str = opt(
+        help="llama.cpp quantization; steering biases stay F32.",
+        flags=("--type",),
+        metavar="|".join(QUANT_TYPES),
+    )
+    threads: int = opt(0, "Quantizer threads [default: all cores].", show_default=False)
+    overwrite: bool = opt(False, OVERWRITE_HELP)
 
 
 @dataclass
@@ -76,7 +87,7 @@ def run_quantize(
     qtype = qtype.upper()
     if qtype not in QUANT_TYPES:
         raise InputError(f"unknown quantization type {qtype!r}: choose {' or '.join(QUANT_TYPES)}")
-    check_patch_output(out, [inp], overwrite=overwrite)
+    check_output_file(out, [inp], overwrite=overwrite)
     layout = read_layout(inp)
     _check_unquantized(layout)
     check_free_space(out.parent if str(out.parent) else Path("."), estimate_bytes(layout))

@@ -56,34 +56,31 @@ class GgufInfo:
 
 
 def inspect_gguf(path: Path) -> GgufInfo:
-    from bake.files.gguf_file import open_gguf, string_field
+    import gguf
 
-    reader = open_gguf(Path(path))
-    arch = string_field(reader, "general.architecture") or ""
-    if arch == "controlvector":
+    from bake.files.gguf_file import CONTROL_VECTOR_ARCH, ffn_down_bias_blocks, read_layout
+
+    layout = read_layout(Path(path))
+    arch = layout.arch
+    if arch == CONTROL_VECTOR_ARCH:
         raise InputError(
             f"{path} is a control vector, not a model GGUF; pass the model GGUF "
             "and the control vector with --control-vector"
         )
 
     def number(key: str) -> int:
-        field = reader.get_field(f"{arch}.{key}")
-        if field is None:
-            raise InputError(f"{path}: no {arch}.{key} key; not a model GGUF")
-        return int(field.contents())
+        value = layout.arch_value(key)
+        if value is None:
+            raise InputError(f"{path}: no {key.format(arch=arch)} key; not a model GGUF")
+        return int(value)
 
-    types = {t.tensor_type.name for t in reader.tensors if len(t.shape) == 2}
-    bias = sorted(
-        int(t.name.split(".")[1])
-        for t in reader.tensors
-        if t.name.startswith("blk.") and t.name.endswith(".ffn_down.bias")
-    )
+    types = {t.type_name for t in layout.tensors if len(t.dims) == 2}
     return GgufInfo(
         arch,
-        number("block_count"),
-        number("embedding_length"),
+        number(gguf.Keys.LLM.BLOCK_COUNT),
+        number(gguf.Keys.LLM.EMBEDDING_LENGTH),
         "F32" if types <= {"F32"} else "/".join(sorted(types)),
-        bias,
+        ffn_down_bias_blocks(layout),
     )
 
 

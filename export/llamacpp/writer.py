@@ -35,11 +35,12 @@ from bake.artifacts.plan import format_layers
 from bake.artifacts.steering import Steering
 from bake.errors import InputError, OutputError, UnsupportedError
 from bake.files.fileio import StreamWriter, atomic_write_path, check_free_space, check_output_file
-from bake.files.gguf_file import STEERBAKE_PLAN_KEY, STEERBAKE_VERSION_KEY
+from bake.files.gguf_file import STEERBAKE_PLAN_KEY, STEERBAKE_VERSION_KEY, ffn_down_name
 from bake.files.tensor_bytes import bf16_bits_to_f32, f32_to_bf16_bits
 from bake.model.arch import ARCHITECTURES, ArchSpec
 from bake.model.checkpoint import Checkpoint, TensorInfo, open_checkpoint
 from bake.model.resolve import resolve_model
+from bake.options import OVERWRITE_HELP, opt
 from export.llamacpp.cvec import steering_inputs
 
 OUT_TYPES = ("F32", "F16", "BF16")
@@ -50,6 +51,28 @@ _SAFE_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
 
 def supported_families() -> list[str]:
     return sorted(t for t, s in ARCHITECTURES.items() if s.gguf_writer)
+
+
+@dataclass(frozen=True)
+class GgufOptions:
+    """`run_gguf`'s choices besides MODEL and the output."""
+
+    plan: Path | None = opt(
+        None, "Bake PLAN's vectors into blk.N.ffn_down.bias (llama-arch GGUFs only)."
+    )
+    out_type: str = opt(
+        "F32",
+        "Weight type; norms and biases stay F32.",
+        flags=("--type",),
+        choices=("F32", "F16", "BF16"),
+        case_sensitive=False,
+    )
+    base_gguf: Path | None = opt(
+        None,
+        "Instead of converting MODEL, copy this existing GGUF (any quantization) and add "
+        "PLAN's vectors to it; needs --plan.",
+    )
+    overwrite: bool = opt(False, OVERWRITE_HELP)
 
 
 @dataclass
@@ -360,7 +383,7 @@ def tensor_jobs(
         )
     for layer, b in sorted(biases.items()):
         # llama.cpp's optional down-projection bias, blk.N.ffn_down.bias
-        bias_name = gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.FFN_DOWN].format(bid=layer) + ".bias"
+        bias_name = ffn_down_name(layer, "bias")
         jobs.append(TensorJob(bias_name, b.shape, gguf.GGMLQuantizationType.F32, data=b))
     return jobs
 

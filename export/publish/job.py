@@ -17,6 +17,7 @@ prints that list; the export writes exactly it (checked once the folders are bui
 from __future__ import annotations
 
 import json
+import operator
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ from bake.errors import InputError, UnsupportedError
 from bake.files.fileio import check_output_dir
 from bake.model.arch import choose_route
 from bake.model.checkpoint import Checkpoint
+from bake.options import opt
 from export.publish.cards import CARD_FILE, SourceRecord, source_record
 
 FLOAT_TYPES = ("F32", "F16", "BF16")
@@ -45,21 +47,56 @@ _DTYPE_TO_GGUF = {"F32": "F32", "F16": "F16", "BF16": "BF16"}
 LLAMA_HINT = "install llama-cpp-python (pip install 'steerbake[llama]')"
 
 
+def parse_gguf_types(text: str) -> tuple[str, ...]:
+    """'f16,q4_k_m' -> ('F16', 'Q4_K_M'); unknown types fail with the list of known ones."""
+    types = tuple(dict.fromkeys(t.strip().upper() for t in text.split(",") if t.strip()))
+    bad = [t for t in types if t not in FLOAT_TYPES + QUANT_TYPES]
+    if bad or not types:
+        raise InputError(
+            f"unknown GGUF type(s) {', '.join(bad) or repr(text)}: choose from "
+            f"{', '.join(FLOAT_TYPES + QUANT_TYPES)}"
+        )
+    return types
+
+
 @dataclass
 class ExportOptions:
-    name: str | None = None  # folder / repo name; default <source>-steered
-    route: str = "auto"  # auto | bias | adapter (the safetensors build)
-    gguf: bool = True
-    gguf_types: tuple[str, ...] | None = None  # None: F16, or the base GGUF's own type
-    base_gguf: Path | None = None  # patch this GGUF instead of converting the checkpoint
-    base_model_id: str | None = None
-    tuning_report: Path | None = None  # tuning_report.json from `steerbake tune`
-    eval_report: Path | None = None  # JSON from `steerbake evaluate`
-    prompts: Path | None = None  # extra verify prompts
-    skip_verify: bool = False
-    overwrite: bool = False
+    name: str | None = opt(None, "Build name (Hub repo name) [default: SOURCE-steered].")
+    route: str = opt(  # the safetensors build
+        "auto",
+        "bias: new checkpoint; adapter: PEFT adapter folder.",
+        choices=("auto", "bias", "adapter"),
+    )
+    gguf_types: tuple[str, ...] | None = opt(  # None: F16, or the base GGUF's own type
+        None,
+        "Comma-separated GGUF types: F32, F16, BF16, Q8_0, Q4_K_M [default: F16].",
+        metavar="TYPES",
+        parse=parse_gguf_types,
+    )
+    gguf: bool = opt(
+        True, "Write only the safetensors build.", flags=("--no-gguf",), parse=operator.not_
+    )
+    base_gguf: Path | None = opt(
+        None, "Steer this existing GGUF of the base model instead of converting MODEL."
+    )
+    base_model_id: str | None = opt(
+        None, "Hub id of MODEL, for the cards' base_model.", metavar="ORG/NAME"
+    )
+    tuning_report: Path | None = opt(
+        None, "tuning_report.json from `steerbake tune` [default: the one beside PLAN]."
+    )
+    eval_report: Path | None = opt(
+        None, "JSON report from `steerbake evaluate`, for the cards' evaluation section."
+    )
+    prompts: Path | None = opt(None, "Extra verify prompts (JSONL or text, one per line).")
+    skip_verify: bool = opt(False, "Do not verify (the cards then say 'not verified').")
+    overwrite: bool = opt(False, "Replace existing output folders.")
     progress: bool = True
-    dry_run: bool = False  # list what would be written; write nothing, load no weights
+    dry_run: bool = opt(
+        False,
+        "List every file the export would write, from the same job plan; write nothing, "
+        "load no weights.",
+    )
 
 
 @dataclass
@@ -198,18 +235,6 @@ def _checked_json(path: Path) -> Path:
 
 
 # --------------------------------------------------------------------------- GGUF plan
-def parse_gguf_types(text: str) -> tuple[str, ...]:
-    """'f16,q4_k_m' -> ('F16', 'Q4_K_M'); unknown types fail with the list of known ones."""
-    types = tuple(dict.fromkeys(t.strip().upper() for t in text.split(",") if t.strip()))
-    bad = [t for t in types if t not in FLOAT_TYPES + QUANT_TYPES]
-    if bad or not types:
-        raise InputError(
-            f"unknown GGUF type(s) {', '.join(bad) or repr(text)}: choose from "
-            f"{', '.join(FLOAT_TYPES + QUANT_TYPES)}"
-        )
-    return types
-
-
 def plan_gguf(
     steering: Steering, opts: ExportOptions, name: str, source_name: str
 ) -> GgufJob | None:
@@ -305,7 +330,7 @@ def _gguf_file_type(path: Path) -> str | None:
 
     from bake.files.gguf_file import read_layout
 
-    value = read_layout(path).values.get("general.file_type")
+    value = read_layout(path).values.get(gguf.Keys.General.FILE_TYPE)
     try:
         name = gguf.LlamaFileType(int(value)).name if value is not None else None
     except ValueError:

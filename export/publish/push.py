@@ -18,11 +18,23 @@ from pathlib import Path
 
 from bake.errors import InputError, OutputError, VerificationError
 from bake.files.fileio import sha256_file
+from bake.options import opt
 
 SUMS_FILE = "SHA256SUMS"
 LFS_THRESHOLD = 10 * 1000 * 1000  # the Hub stores files above 10 MB (and binaries) via LFS
 _BINARY_SUFFIXES = (".safetensors", ".gguf", ".bin", ".png", ".pt", ".npy", ".npz")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+@dataclass(frozen=True)
+class PushOptions:
+    """Where `run_push` uploads, and how."""
+
+    repo_id: str = opt(help="Hub repository to upload to.", metavar="USER/NAME")
+    private: bool = opt(False, "Create the repository private.")
+    revision: str | None = opt(None, "Branch to upload to (created if missing).")
+    dry_run: bool = opt(False, "List what would be uploaded; no network.")
+    commit_message: str | None = opt(None, "[default: Upload NAME with steerbake].")
 
 
 @dataclass

@@ -1,0 +1,5 @@
+"""`python -m export.cli`: the same as the `steerbake` script."""
+
+from export.cli import main
+
+main()
