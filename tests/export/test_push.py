@@ -17,7 +17,7 @@ from export.publish.cards import human_size
 from export.publish.job import ExportOptions
 from tests.conftest import steerbake_exe, tree_digest
 from tests.pipeline import export_model
-from tests.test_bake import make_plan_for
+from tests.stages.test_bake import make_plan_for
 
 SECRET = "hf_steerbakeTEST0123456789secretTOKEN"
 

@@ -23,7 +23,7 @@ from bake.model.resolve import resolve_model
 from bake.runtime.chat import chat_text
 from bake.runtime.sampling import SamplingOptions, generate_answers
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SCRIPTS = REPO / "scripts"
 SAMPLE = 20  # prompts per held-out set in the behaviour test
 MAX_NEW_TOKENS = 40

@@ -36,8 +36,8 @@ from export.publish.cards import (
     write_card,
 )
 
-GOLDEN = Path(__file__).parent / "golden"
-REPO = Path(__file__).resolve().parents[1]
+GOLDEN = Path(__file__).resolve().parents[1] / "golden"
+REPO = Path(__file__).resolve().parents[2]
 UPDATE = os.environ.get("STEERBAKE_UPDATE_GOLDEN") == "1"
 
 VERIFY_REPORT = VerifyReport(

@@ -17,7 +17,7 @@ import pytest
 from bake.errors import InputError
 from bake.files.http import ChatServer
 from tests.conftest import run_cli, tree_digest
-from tests.test_bake import make_plan_for
+from tests.stages.test_bake import make_plan_for
 
 INDEX = "model.safetensors.index.json"
 

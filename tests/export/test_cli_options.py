@@ -18,8 +18,8 @@ from bake.options import default_of, is_absent, option_fields
 from export.cli import main
 from export.cli.options import FieldOption, build, options
 
-ROOT = Path(__file__).resolve().parent.parent
-GOLDEN = Path(__file__).parent / "golden" / "cli_options.json"
+ROOT = Path(__file__).resolve().parents[2]
+GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "cli_options.json"
 UPDATE = os.environ.get("STEERBAKE_UPDATE_GOLDEN") == "1"
 
 

@@ -21,7 +21,7 @@ from export.publish.build import ExportResult
 from export.publish.job import ExportOptions
 from tests.conftest import run_cli, steerbake_exe, tree_digest
 from tests.pipeline import export_model, plan_vectors
-from tests.test_bake import make_plan_for
+from tests.stages.test_bake import make_plan_for
 
 LLAMA_NAME = "tiny-llama-steered"
 

@@ -16,7 +16,7 @@ from bake.files.tensor_bytes import round_to
 from bake.model.checkpoint import open_checkpoint
 from tests.conftest import run_cli, tree_digest
 from tests.pipeline import plan_vectors
-from tests.test_bake import make_plan_for
+from tests.stages.test_bake import make_plan_for
 
 
 def test_added_and_rounded_vectors(llama_tied_bf16_sharded_dir: Path, tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ import pytest
 from bake.model.checkpoint import open_checkpoint
 from tests.conftest import tree_digest
 from tests.pipeline import bake_model, verify_baked, verify_static
-from tests.test_bake import assert_close, bake_checked, make_plan_for
+from tests.stages.test_bake import assert_close, bake_checked, make_plan_for
 
 
 @pytest.mark.parametrize("fixture", ["qwen3_dir", "mistral_dir"])
