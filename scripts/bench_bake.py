@@ -143,9 +143,11 @@ CHILD_OURS = (
     PEAK
     + """
 import json, sys, time
-from bake.stages.bake import bake_model
+from bake.artifacts.steering import open_steering
+from bake.stages.bake import run_bake
 t = time.perf_counter()
-bake_model(sys.argv[1], sys.argv[2], sys.argv[3], link=sys.argv[4] == "link")
+steering = open_steering(sys.argv[1], sys.argv[2])
+run_bake(steering, sys.argv[3], link=sys.argv[4] == "link")
 print(json.dumps({"seconds": time.perf_counter() - t,
                   "peak_rss_mb": peak_rss_mb()}))
 """
@@ -159,13 +161,14 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from bake.artifacts.plan import Plan
 t = time.perf_counter()
 plan = Plan.load(sys.argv[2])
+from bake.artifacts.steering import open_plan_only
 cfg = AutoConfig.from_pretrained(sys.argv[1]); cfg.mlp_bias = True
 model = AutoModelForCausalLM.from_pretrained(sys.argv[1], config=cfg, dtype=torch.bfloat16)
 with torch.no_grad():
     for i, block in enumerate(model.model.layers):
         for m in (block.mlp.gate_proj, block.mlp.up_proj, block.mlp.down_proj):
             m.bias.zero_()
-    for layer, v in plan.steering_vectors().items():
+    for layer, v in open_plan_only(plan).added.items():
         model.model.layers[layer].mlp.down_proj.bias.copy_(torch.from_numpy(v))
 model.save_pretrained(sys.argv[3])
 print(json.dumps({"seconds": time.perf_counter() - t,

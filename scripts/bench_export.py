@@ -50,9 +50,11 @@ CHILD_EXPORT = (
     PEAK
     + """
 import json, os, sys, time
-from export.publish.build import ExportOptions, export_model
+from bake.artifacts.steering import open_steering
+from export.publish.build import run_export
+from export.publish.job import ExportOptions
 t = time.perf_counter()
-result = export_model(sys.argv[1], sys.argv[2], sys.argv[3], ExportOptions(
+result = run_export(open_steering(sys.argv[1], sys.argv[2]), sys.argv[3], ExportOptions(
     name="bench", gguf_types=("F16",), skip_verify=True, progress=False))
 os.sync()
 seconds = time.perf_counter() - t

@@ -117,9 +117,9 @@ def write_plan(folder: Path, layers: int, d: int) -> Path:
 CHILD = """
 import json, sys, time
 t0 = time.perf_counter()
-from export.llamacpp.patch import patch_gguf
+from export.llamacpp.patch import open_gguf_steering, patch_gguf
 t = time.perf_counter()
-result = patch_gguf(sys.argv[1], sys.argv[2], sys.argv[3], overwrite=True)
+result = patch_gguf(open_gguf_steering(sys.argv[1], sys.argv[2]), sys.argv[3], overwrite=True)
 seconds = time.perf_counter() - t
 hwm = next(int(line.split()[1]) / 1024 for line in open("/proc/self/status")
            if line.startswith("VmHWM:"))
@@ -145,10 +145,11 @@ def timed(cmd: list[str]) -> tuple[float, float, str]:
 def check_output(base: Path, out: Path, plan: Path) -> dict:
     """The patched file parses, has one F32 bias per plan layer holding the plan's vector."""
     from bake.artifacts.plan import Plan
+    from bake.artifacts.steering import open_plan_only
     from bake.files.gguf_file import read_layout
 
     src, dst = read_layout(base), read_layout(out)
-    vectors = Plan.load(plan).steering_vectors()
+    vectors = open_plan_only(Plan.load(plan)).added
     with open(out, "rb") as f:
         for layer, v in vectors.items():
             t = dst.tensor(f"blk.{layer}.ffn_down.bias")

@@ -24,9 +24,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bake import toy_refuser
-from bake.artifacts.plan import Plan
 from bake.artifacts.prompts import load_prompts
-from bake.runtime.hooks import steered
+from bake.artifacts.steering import open_steering
+from bake.runtime.hooks import hooked
 from bake.runtime.loader import load_model_and_tokenizer
 from bake.runtime.sampling import SamplingOptions, generate_answers
 
@@ -38,15 +38,15 @@ def sample(
 ) -> list[dict[str, object]]:
     model, tok = load_model_and_tokenizer(toy_refuser.model_dir())
     options = SamplingOptions(k=1, max_new_tokens=max_new_tokens, greedy=True)
-    plan = Plan.load(plan_path) if plan_path else None
+    steering = open_steering(toy_refuser.model_dir(), plan_path) if plan_path else None
     runs = [("unsteered", None)]
-    if plan is not None:
-        runs.append((f"steered alpha {plan.alpha:+g}", plan.steering_vectors()))
+    if steering is not None:
+        runs.append((f"steered alpha {steering.plan.alpha:+g}", steering))
     rows = []
     for name in HELDOUT:
         prompts = load_prompts(toy_refuser.prompt_set(name))[start : start + per_set]
         for source, vectors in runs:
-            with steered(model, vectors, torch.float32):
+            with hooked(model, vectors):
                 answers = generate_answers(
                     model, tok, [p.text for p in prompts], options=options, batch_size=16
                 )

@@ -19,14 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from bake.artifacts.vectors import SITE_BLOCK_OUTPUT, SteeringVectors
 from bake.errors import InputError, PlanMismatchError
 from bake.files.fileio import atomic_write_path, sha256_file
 from bake.model.fingerprint import Fingerprint
 
 FORMAT = "steerbake.plan/1"
+ROUNDINGS = ("F32", "F16", "BF16")  # safetensors dtype tags the vectors may be rounded to
 
 
 def parse_layers(text: str) -> list[int]:
@@ -77,6 +76,7 @@ class Plan:
     site: str = SITE_BLOCK_OUTPUT
     provenance: dict[str, Any] = field(default_factory=dict)
     base_dir: Path = field(default=Path("."), compare=False)  # folder the plan lives in
+    rounding: str | None = None  # dtype tag every route rounds the vectors to (None: model's)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -123,14 +123,6 @@ class Plan:
             raise InputError(f"the vector file has no vectors for plan layers {missing}")
         return vectors
 
-    def steering_vectors(self, vectors: SteeringVectors | None = None) -> dict[int, np.ndarray]:
-        """layer -> v_l = alpha * m_l * s_l * u_l, float64 (d,)."""
-        vectors = vectors or self.load_vectors()
-        return {
-            layer: self.alpha * self.layer_multipliers.get(layer, 1.0) * vectors.vector(layer)
-            for layer in self.layers
-        }
-
     def check_model(self, fingerprint: Fingerprint) -> None:
         self.model.check(fingerprint, "the plan")
 
@@ -145,6 +137,7 @@ class Plan:
             "alpha": self.alpha,
             "layer_multipliers": {str(k): v for k, v in sorted(self.layer_multipliers.items())},
             "site": self.site,
+            **({"rounding": self.rounding} if self.rounding else {}),
             "model": {
                 "architecture": self.model.architecture,
                 "hidden_size": self.model.hidden_size,
@@ -188,12 +181,22 @@ class Plan:
                 site=data.get("site", SITE_BLOCK_OUTPUT),
                 provenance=data.get("provenance", {}),
                 base_dir=path.resolve().parent,
+                rounding=_rounding(data.get("rounding")),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise InputError(
                 f"plan {path} is malformed ({type(e).__name__}: {e}); rewrite "
                 "it with `steerbake plan`"
             ) from None
+
+
+def _rounding(value: Any) -> str | None:
+    """A recorded rounding dtype: one of the float tags steerbake writes, or absent."""
+    if value is None:
+        return None
+    if value not in ROUNDINGS:
+        raise ValueError(f"rounding {value!r} is not one of {', '.join(ROUNDINGS)}")
+    return str(value)
 
 
 def make_plan(
@@ -223,4 +226,5 @@ def make_plan(
         site=vectors.site,
         provenance=prov,
         base_dir=Path("/"),
+        rounding=vectors.rounding,
     )

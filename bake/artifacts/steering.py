@@ -10,10 +10,14 @@ layers in range and finite values. Per steered layer l it then gives
     rounded[l] = added[l] rounded to `rounding`    float32 (d,): what a hook adds and what
                                                     every baked route stores
 
-`rounding` is the dtype the vectors are rounded to (a safetensors tag): the checkpoint's
-down_proj dtype, or F32 where the model has no such dtype (a GGUF, whose biases llama.cpp
-adds in F32). Today's intervention kind is `add`; candidates (`with_config`) vary layers and
-alpha in memory, without reopening any file.
+`rounding` is the dtype the vectors are rounded to (a safetensors tag), recorded in the
+plan when it is made: the checkpoint's down_proj dtype, or F32 for a GGUF (llama.cpp adds
+biases in F32). A plan without one takes the model's. Every route rounds to the plan's
+dtype, so a GGUF patched from a bf16 model's plan holds the same values as the bf16 bake;
+steering a model of another dtype is allowed, and says which rounding it uses.
+
+Today's intervention kind is `add`; candidates (`with_config`) vary layers and alpha in
+memory, without reopening any file.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import numpy as np
 
 from bake.artifacts.plan import Plan, make_plan
 from bake.artifacts.vectors import SteeringVectors
-from bake.errors import InputError
+from bake.errors import InputError, warn
 from bake.files.tensor_bytes import round_to
 from bake.model.arch import ArchSpec, arch_spec
 from bake.model.checkpoint import Checkpoint
@@ -66,7 +70,8 @@ class PlanModel:
 
     @classmethod
     def of(cls, plan: Plan) -> PlanModel:
-        return cls(plan.base_dir, arch_spec(plan.model.architecture), plan.model)
+        spec = arch_spec(plan.model.architecture)
+        return cls(plan.base_dir, spec, plan.model, plan.rounding or "F32")
 
 
 @dataclass(frozen=True)
@@ -84,6 +89,7 @@ class Steering:
         plan_obj = Plan.load(plan_file) if plan_file is not None else plan
         assert isinstance(plan_obj, Plan)
         plan_obj.check_model(model.fingerprint)
+        plan_obj = _with_rounding(plan_obj, model)
         return cls(plan_obj, plan_obj.load_vectors(), model, plan_file)._checked()
 
     @classmethod
@@ -95,9 +101,10 @@ class Steering:
         alpha: float,
         provenance: dict[str, Any] | None = None,
     ) -> Steering:
-        """A plan made in memory over a vector file (what `tune` starts from)."""
+        """A plan made in memory over a vector file (what `tune` starts from); it records
+        the vectors' rounding dtype, or else the model's."""
         plan = make_plan(vectors_file, layers, alpha, provenance=provenance)
-        return cls.open(model, plan)
+        return cls.open(model, replace(plan, rounding=plan.rounding or model.dtype))
 
     def _checked(self) -> Steering:
         bad = [layer for layer, v in self.rounded.items() if not np.all(np.isfinite(v))]
@@ -112,7 +119,8 @@ class Steering:
         """The same plan and vectors bound to another copy of the model (e.g. its GGUF):
         the fingerprint is checked, nothing is reopened; values round to its dtype."""
         self.plan.check_model(model.fingerprint)
-        return Steering(self.plan, self.vectors, model, self.plan_file)._checked()
+        plan = _with_rounding(self.plan, model)
+        return Steering(plan, self.vectors, model, self.plan_file)._checked()
 
     # ------------------------------------------------------------------ candidates
     def with_config(
@@ -152,7 +160,7 @@ class Steering:
     @property
     def rounding(self) -> str:
         """The dtype (safetensors tag) every route rounds the added vectors to."""
-        return self.model.dtype
+        return self.plan.rounding or self.model.dtype
 
     @cached_property
     def added(self) -> Mapping[int, np.ndarray]:
@@ -191,6 +199,17 @@ class Steering:
                 "one (convert a GGUF with `steerbake convert`)"
             )
         return self.model
+
+
+def _with_rounding(plan: Plan, model: SteerableModel) -> Plan:
+    """The plan, after saying in one line when the dtype it records differs from the
+    model's (a model of another dtype than the plan was made for)."""
+    if plan.rounding and plan.rounding != model.dtype and not isinstance(model, PlanModel):
+        warn(
+            f"{model.path.name} is {model.dtype} but the plan was made for {plan.rounding}: "
+            f"its vectors are rounded to {plan.rounding}, as every route of this plan stores them"
+        )
+    return plan
 
 
 def open_steering(model: str | Path | None, plan: Path | Plan) -> Steering:

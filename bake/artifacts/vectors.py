@@ -34,6 +34,7 @@ class SteeringVectors:
     method: str = "raw"
     provenance: dict[str, Any] = field(default_factory=dict)
     diagnostics: dict[int, dict[str, Any]] = field(default_factory=dict)
+    rounding: str | None = None  # dtype tag of the checkpoint the vectors are for (None: unknown)
 
     def __post_init__(self) -> None:
         d, n = self.fingerprint.hidden_size, self.fingerprint.num_layers
@@ -86,6 +87,7 @@ class SteeringVectors:
             "num_layers": fp.num_layers,
             "site": self.site,
             "method": self.method,
+            "rounding": self.rounding,
             "layers": self.layers,
             "provenance": self.provenance,
             "diagnostics": {str(k): v for k, v in self.diagnostics.items()},
@@ -130,6 +132,7 @@ class SteeringVectors:
             method=meta.get("method", "raw"),
             provenance=meta.get("provenance", {}),
             diagnostics={int(k): v for k, v in meta.get("diagnostics", {}).items()},
+            rounding=meta.get("rounding"),
         )
 
 

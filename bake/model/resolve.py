@@ -1,5 +1,5 @@
-"""Resolve what the user typed as MODEL: a local folder, the embedded toy refuser, or a
-Hub id that is already in the local Hugging Face cache (never downloaded here).
+"""Resolve what the user typed as MODEL: a local folder, a .gguf file, the embedded toy
+refuser, or a Hub id that is already in the local Hugging Face cache (never downloaded here).
 """
 
 from __future__ import annotations
@@ -7,6 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from bake.errors import InputError
+from bake.model.checkpoint import Checkpoint, open_checkpoint
+from bake.model.gguf_model import GgufModel, is_gguf, open_gguf_model
 
 TOY_NAME = "toy-refuser"
 
@@ -19,7 +21,8 @@ def toy_model_dir() -> Path:
 
 
 def resolve_model(spec: str | Path | None) -> Path:
-    """Folder for MODEL: a path, 'toy-refuser' (also the default), or a cached Hub id."""
+    """Path of MODEL: a folder, a .gguf file, 'toy-refuser' (the default) or a cached Hub
+    id's snapshot folder."""
     if spec is None or str(spec) == TOY_NAME:
         path = toy_model_dir()
         if not (path / "config.json").exists():
@@ -27,8 +30,10 @@ def resolve_model(spec: str | Path | None) -> Path:
         return path
     path = Path(spec).expanduser()
     if path.exists():
-        if not path.is_dir():
-            raise InputError(f"{path} is a file; MODEL must be a model folder or a Hub id")
+        if not path.is_dir() and not is_gguf(path):
+            raise InputError(
+                f"{path} is a file; MODEL must be a model folder, a .gguf file or a Hub id"
+            )
         return path
     text = str(spec)
     if text.count("/") == 1 and not text.startswith((".", "/")):
@@ -43,3 +48,10 @@ def resolve_model(spec: str | Path | None) -> Path:
                 f"(`hf download {text}`) or pass a local folder"
             ) from None
     raise InputError(f"model folder {path} does not exist")
+
+
+def open_model(spec: str | Path | None) -> Checkpoint | GgufModel:
+    """MODEL read from its headers: a checkpoint folder, or a model GGUF (checked: not
+    steered already, a known family)."""
+    path = resolve_model(spec)
+    return open_gguf_model(path) if is_gguf(path) else open_checkpoint(path)

@@ -1,5 +1,7 @@
 """The one way a transformers model is loaded for running: safetensors weights only (never a
 pickle, never remote code), in the asked dtype and device, in eval mode, with its tokenizer.
+A .gguf file is loaded by transformers' GGUF loader (dequantized), after a check that it
+fits in memory and that transformers reads it as the family steerbake fingerprinted.
 
 dtype names: float32, bfloat16, float16, or `auto`. What `auto` means is the caller's
 choice (`resolve_dtype`): for collect and fit, the checkpoint's dtype on an accelerator and
@@ -56,11 +58,12 @@ def load_model(
     if isinstance(dtype, str) and dtype != "auto":
         dtype = torch_dtype(dtype)
     kw: dict[str, Any] = {"device_map": device_map} if device_map else {}
+    gguf = _gguf_source(Path(path), dtype)
+    kw |= {"gguf_file": Path(path).name} if gguf else {"use_safetensors": True}
     loaded: Any = AutoModelForCausalLM.from_pretrained(
-        path,
+        Path(path).parent if gguf else path,
         dtype=dtype,
         trust_remote_code=False,
-        use_safetensors=True,
         output_loading_info=True,
         **kw,
     )
@@ -71,16 +74,35 @@ def load_model(
             f"{path} does not load cleanly in transformers ({bad}); "
             "tensors would be silently dropped or left random"
         )
+    if gguf is not None:
+        from bake.model.gguf_model import check_loaded_model_type
+
+        check_loaded_model_type(gguf, model.config)
     if not device_map:
         model = model.to(device)
     return model.eval()
+
+
+def _gguf_source(path: Path, dtype: Any) -> Any:
+    """The GgufModel behind a .gguf path (checked: unsteered, fits in memory), else None."""
+    from bake.model.gguf_model import is_gguf, open_gguf_model
+
+    if not is_gguf(path):
+        return None
+    model = open_gguf_model(path)
+    model.check_fits(str(dtype).removeprefix("torch.") if dtype != "auto" else "float32")
+    return model
 
 
 def load_tokenizer(path: Path, *, pad: bool = False) -> Any:
     """The tokenizer in `path`; with pad, the EOS token doubles as padding when it has none."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    path = Path(path)
+    if path.suffix.lower() == ".gguf":
+        tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    else:
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     if pad and tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok

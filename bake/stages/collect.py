@@ -48,6 +48,9 @@ from bake.runtime.chat import chat_text, template_suffix
 if TYPE_CHECKING:
     import torch
 
+    from bake.model.checkpoint import Checkpoint
+    from bake.model.gguf_model import GgufModel
+
 
 POSITIONS = ("last", "template", "mean")
 
@@ -320,6 +323,7 @@ def write_activations(
     overwrite: bool = False,
     shard_bytes: int = SHARD_BYTES,
     source: str | None = None,
+    source_dtype: str | None = None,
     **kw: Any,
 ) -> ActivationSet:
     """Stream activations of an already-loaded model into the folder `output` (built aside,
@@ -338,7 +342,7 @@ def write_activations(
         writer.finish(
             fingerprint,
             position,
-            model={"source": source},
+            model={"source": source, "dtype": source_dtype},
             compute_dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
             system=kw.get("system"),
             chat_template=bool(getattr(tokenizer, "chat_template", None)),
@@ -347,44 +351,24 @@ def write_activations(
 
 
 # --------------------------------------------------------------------------- from a path
-def _torch_dtype(name: str, device: str, config: dict[str, Any]) -> torch.dtype:
-    """'auto': the checkpoint's dtype on an accelerator, float32 on the CPU."""
-    import torch
-
-    if name == "auto":
-        if device == "cpu":
-            return torch.float32
-        name = str(config.get("dtype") or config.get("torch_dtype") or "float32")
-    dtype = getattr(torch, name, None)
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise InputError(f"unknown dtype {name!r}; use auto, float32, bfloat16 or float16")
-    return dtype
-
-
 def load_model(
     model: str | Path | None,
     *,
     device: str = "cpu",
     dtype: str = "auto",
     device_map: str | None = None,
-) -> tuple[Any, Any, Path]:
-    """(model, tokenizer, folder) for MODEL; device_map='auto' spreads a large model over
-    the available devices (needs accelerate)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+) -> tuple[Any, Any, Checkpoint | GgufModel]:
+    """(model, tokenizer, MODEL as read from its headers); device_map='auto' spreads a
+    large model over the available devices (needs accelerate)."""
+    from bake.model.resolve import open_model
+    from bake.runtime.loader import load_model as load
+    from bake.runtime.loader import load_tokenizer, resolve_dtype
 
-    from bake.model.checkpoint import open_checkpoint
-    from bake.model.resolve import resolve_model
-
-    folder = resolve_model(model)
-    ckpt = open_checkpoint(folder)  # checks the architecture and refuses pickled weights
-    torch_dtype = _torch_dtype(dtype, "cuda" if device_map else device, ckpt.config)
-    kw: dict[str, Any] = {"device_map": device_map} if device_map else {}
-    loaded: Any = AutoModelForCausalLM.from_pretrained(
-        folder, dtype=torch_dtype, trust_remote_code=False, **kw
-    )
-    if not device_map:
-        loaded = loaded.to(device)
-    return loaded.eval(), AutoTokenizer.from_pretrained(folder), folder
+    source = open_model(model)  # checks the architecture and refuses pickled weights
+    config = getattr(source, "config", {})
+    torch_dtype = resolve_dtype(dtype, "cuda" if device_map else device, config)
+    loaded = load(source.path, dtype=torch_dtype, device=device, device_map=device_map)
+    return loaded, load_tokenizer(source.path), source
 
 
 def run_collect(
@@ -410,14 +394,15 @@ def run_collect(
     if position not in POSITIONS:
         raise InputError(f"unknown position {position!r}; use one of {', '.join(POSITIONS)}")
     check_output_dir(Path(output), overwrite=overwrite)
-    loaded, tokenizer, folder = load_model(model, device=device, dtype=dtype, device_map=device_map)
+    loaded, tokenizer, source = load_model(model, device=device, dtype=dtype, device_map=device_map)
     return write_activations(
         loaded,
         tokenizer,
         prompts,
         output,
         overwrite=overwrite,
-        source=str(model or folder),
+        source=str(model or source.path),
+        source_dtype=source.dtype,
         layers=layers,
         position=position,
         batch_size=batch_size,

@@ -562,5 +562,6 @@ def run_fit(
             "model_source": acts.index["model"].get("source"),
         },
     )
+    vectors.rounding = acts.index["model"].get("dtype")  # the checkpoint's, when recorded
     vectors.save(Path(output))
     return vectors

@@ -27,11 +27,10 @@ class ImportOptions:
 
 
 def model_fingerprint(model: str | Path | None) -> Fingerprint:
-    """Architecture, hidden size and layer count from MODEL's config (no weights read)."""
-    from bake.model.checkpoint import open_checkpoint
-    from bake.model.resolve import resolve_model
+    """Architecture, hidden size and layer count from MODEL's headers (no weights read)."""
+    from bake.model.resolve import open_model
 
-    return open_checkpoint(resolve_model(model)).fingerprint
+    return open_model(model).fingerprint
 
 
 def run_vectors_import(
@@ -39,8 +38,10 @@ def run_vectors_import(
 ) -> SteeringVectors:
     """Read SRC (.npy/.npz/.safetensors/.pt, or a control-vector .gguf) for MODEL and write
     our vector file at `output`."""
+    from bake.model.resolve import open_model
+
     src = Path(src)
-    fingerprint = model_fingerprint(model)
+    source = open_model(model)
     raw: dict[int, np.ndarray]
     if src.suffix.lower() == ".gguf":
         from bake.artifacts.control_vector import read_control_vector
@@ -49,7 +50,11 @@ def run_vectors_import(
     else:
         raw = read_raw_vectors(src)
     vectors = SteeringVectors.from_raw(
-        raw, fingerprint, method=method, provenance={"imported_from": src.name}
+        raw,
+        source.fingerprint,
+        method=method,
+        provenance={"imported_from": src.name},
+        rounding=source.dtype,
     )
     vectors.save(Path(output))
     return vectors

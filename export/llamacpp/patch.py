@@ -160,7 +160,7 @@ def bias_vectors(layout: GgufLayout, steering: Steering) -> dict[int, np.ndarray
         divisor = float(layout.arch_value(gguf.Keys.LLM.RESIDUAL_SCALE) or 1.0)
     hidden = steering.model.fingerprint.hidden_size
     out: dict[int, np.ndarray] = {}
-    for layer, v in steering.added.items():
+    for layer, v in steering.rounded.items():  # rounded to the plan's dtype, as every route
         weight = layout.tensor(ffn_down_name(layer, "weight"))
         if weight is None or len(weight.dims) != 2 or weight.dims[1] != hidden:
             raise UnsupportedError(

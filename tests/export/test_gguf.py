@@ -20,7 +20,7 @@ from bake.model.fingerprint import Fingerprint
 from bake.runtime.llama import LlamaRuntime
 from export.llamacpp.verify import REL_TOLERANCE
 from tests.conftest import run_cli, tree_digest
-from tests.pipeline import convert, cvec, verify_gguf_file
+from tests.pipeline import convert, cvec, plan_vectors, verify_gguf_file
 from tests.tiny_models import build_model, random_raw_vectors
 
 CHAT_PROMPTS = [
@@ -352,7 +352,7 @@ def test_verify_llama_baked_gguf(work: dict[str, Path], llama_dir: Path) -> None
     assert sorted(bias) == [f"blk.{n}.ffn_down.bias" for n in (1, 2, 3)]
     plan = Plan.load(work["llama_plan"])
     np.testing.assert_array_equal(
-        bias["blk.2.ffn_down.bias"], plan.steering_vectors()[2].astype(np.float32)
+        bias["blk.2.ffn_down.bias"], plan_vectors(plan)[2].astype(np.float32)
     )
     assert json.loads(reader.get_field(STEERBAKE_PLAN_KEY).contents())["layers"] == [1, 2, 3]
 

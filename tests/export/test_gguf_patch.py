@@ -24,7 +24,7 @@ from export.llamacpp.patch import PHASE
 from export.llamacpp.quantize import run_quantize
 from export.llamacpp.verify import REL_TOLERANCE, compare_lossy
 from tests.conftest import run_cli
-from tests.pipeline import convert, patch
+from tests.pipeline import convert, patch, plan_vectors
 from tests.tiny_models import CORPUS, build_model, random_raw_vectors
 
 HIDDEN, FFN, N_LAYERS = 256, 512, 2
@@ -110,7 +110,7 @@ def test_patch_copies_base_and_adds_f32_biases(work: dict[str, Any]) -> None:
         assert patched[name] == (ttype, data), f"{name} changed"
     added = sorted(set(patched) - set(base))
     assert added == ["blk.0.ffn_down.bias", "blk.1.ffn_down.bias"]
-    for layer, v in plan.steering_vectors().items():
+    for layer, v in plan_vectors(plan).items():
         ttype, data = patched[f"blk.{layer}.ffn_down.bias"]
         assert ttype == "F32"
         np.testing.assert_array_equal(np.frombuffer(data, np.float32), v.astype(np.float32))
@@ -169,8 +169,9 @@ def rewrite_without_steering_keys(src: Path, dst: Path, bias_dtype: Any) -> None
 
 
 def test_patch_adds_to_an_existing_f16_bias(work: dict[str, Any]) -> None:
-    """A base whose ffn_down biases exist (F16): the output bias is F32(old + v), the tensor
-    grows, later offsets move, and llama.cpp still loads the file."""
+    """A base whose ffn_down biases exist (F16): the output bias is F32(old + v), v rounded
+    to the plan's dtype first (F32 here) as on every route; the tensor grows, later offsets
+    move, and llama.cpp still loads the file."""
     root, plan = work["root"], work["plan"]
     base = root / "with_bias.gguf"
     rewrite_without_steering_keys(root / "baked.gguf", base, np.float16)
@@ -180,12 +181,13 @@ def test_patch_adds_to_an_existing_f16_bias(work: dict[str, Any]) -> None:
     result = patch(base, plan, out)
     assert result.updated == [0, 1] and "existing bias" in result.summary()
     new = tensor_bytes(out)
-    for layer, v in plan.steering_vectors().items():
+    for layer, v in plan_vectors(plan).items():
         name = f"blk.{layer}.ffn_down.bias"
         prev = np.frombuffer(old[name][1], np.float16).astype(np.float64)
         assert new[name][0] == "F32"
         np.testing.assert_array_equal(
-            np.frombuffer(new[name][1], np.float32), (prev + v).astype(np.float32)
+            np.frombuffer(new[name][1], np.float32),
+            (prev + v.astype(np.float32)).astype(np.float32),
         )
     assert {k: v for k, v in new.items() if "ffn_down.bias" not in k} == {
         k: v for k, v in old.items() if "ffn_down.bias" not in k
@@ -348,7 +350,7 @@ def test_granite_bias_is_divided_by_residual_scale(tmp_path: Path) -> None:
     plan = write_plan(tmp_path / "plan", Fingerprint("granite", HIDDEN, N_LAYERS), [1])
     patch(base, plan, tmp_path / "out.gguf")
     got = np.frombuffer(tensor_bytes(tmp_path / "out.gguf")["blk.1.ffn_down.bias"][1], np.float32)
-    np.testing.assert_allclose(got, plan.steering_vectors()[1] / 0.25, rtol=1e-6)
+    np.testing.assert_allclose(got, plan_vectors(plan)[1] / 0.25, rtol=1e-6)
 
 
 def test_output_equal_to_input_and_already_steered(work: dict[str, Any]) -> None:
@@ -430,3 +432,27 @@ def test_cli_patch_and_quantize(work: dict[str, Any], tmp_path: Path) -> None:
     ):
         bad = run_cli("gguf", "--base-gguf", str(q8), "-o", str(tmp_path / "y.gguf"), *extra)
         assert bad.returncode == 2 and message in bad.stderr, bad.stderr
+
+
+def test_patched_bf16_plan_verifies_like_the_bias_bake(
+    llama_tied_bf16_sharded_dir: Path, tmp_path: Path
+) -> None:
+    """The plan records the dtype its vectors round to (the bf16 checkpoint's), so the GGUF
+    patched from it holds the values the bias bake and the hook reference hold: verify
+    passes on the project's own output (it failed by ~1e-2 when the patch kept float32)."""
+    from bake.model.checkpoint import open_checkpoint
+
+    model = llama_tied_bf16_sharded_dir
+    ckpt = open_checkpoint(model)
+    raw = random_raw_vectors(ckpt.hidden_size, list(range(ckpt.num_layers)))
+    vecs = SteeringVectors.from_raw(raw, ckpt.fingerprint, rounding=ckpt.dtype)
+    vecs.save(tmp_path / "v.safetensors")
+    plan = make_plan(tmp_path / "v.safetensors", [1, 2], -0.4)
+    assert plan.rounding == "BF16"
+    plan.save(tmp_path / "plan.json")
+    convert(model, tmp_path / "base.gguf", "F32")
+    patch(tmp_path / "base.gguf", tmp_path / "plan.json", tmp_path / "patched.gguf")
+    proc = run_cli(
+        "verify", str(model), str(tmp_path / "plan.json"), str(tmp_path / "patched.gguf")
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
