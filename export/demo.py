@@ -7,7 +7,6 @@ The held-out sets are only measured, never used for fitting or tuning.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -18,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from bake.errors import InputError
+from bake.files.jsonio import dumps
 from bake.options import OVERWRITE_HELP, opt
 
 if TYPE_CHECKING:
@@ -103,7 +103,7 @@ def run_demo(
     start = time.perf_counter()
     summary = _pipeline(model, output, cfg)
     summary["seconds"] = time.perf_counter() - start
-    (output / "demo_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (output / "demo_summary.json").write_text(dumps(summary, indent=2) + "\n")
     echo(render_summary(summary))
     return summary
 
@@ -169,12 +169,12 @@ def _pipeline(model: Path, out: Path, cfg: DemoConfig) -> dict[str, Any]:
         run_bake(steering, out / "baked")
     with _step(7, "verify: baked == hooked"):
         report = run_verify(steering, out / "baked").to_json()
-        (out / "verify_report.json").write_text(json.dumps(report, indent=2) + "\n")
+        (out / "verify_report.json").write_text(dumps(report, indent=2) + "\n")
     with _step(8, "evaluate the baked model on the held-out sets"):
         evaluation = run_evaluate(
             model, [sets[n] for n in HELDOUT], baked=out / "baked", measurer=measurer
         ).to_json()
-        (out / "evaluation.json").write_text(json.dumps(evaluation, indent=2) + "\n")
+        (out / "evaluation.json").write_text(dumps(evaluation, indent=2) + "\n")
     with _step(9, "export: safetensors + GGUF builds with cards, checked in llama.cpp"):
         exported = _export(steering, out, sets["heldout_sensitive"])
     best = tuned.best

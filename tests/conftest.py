@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,6 +20,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Tiny models are latency-bound: one intra-op thread is several times faster on 2 cores
 # (also for the CLI subprocesses, which inherit it).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("STEERBAKE_THREADS", "1")  # what steerbake gives torch and llama.cpp
 
 
 def _build(factory: pytest.TempPathFactory, name: str, **kw: object) -> Path:
@@ -91,3 +93,22 @@ def run_cli(
             f"steerbake {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
         )
     return proc
+
+
+@pytest.fixture(scope="session")
+def smollm2(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The real SmolLM2-135M-Instruct Q4_1 from the model cache (`make models`), converted
+    to a float32 checkpoint once per session (1 thread for torch and llama.cpp)."""
+    import time
+
+    from export.llamacpp.convert import run_convert
+    from tests.real_models import real_model
+
+    gguf_file = real_model("smollm2-135m-instruct")
+    out = tmp_path_factory.mktemp("smollm2") / "smollm2"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("STEERBAKE_THREADS", "1")
+        start = time.perf_counter()
+        report = run_convert(gguf_file, out)
+        seconds = time.perf_counter() - start
+    return {"gguf": gguf_file, "out": out, "report": report, "seconds": seconds}

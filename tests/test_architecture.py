@@ -50,6 +50,7 @@ STAGES = {
     "quantize": ("export.llamacpp.quantize", "run_quantize"),
     "cvec": ("export.llamacpp.cvec", "run_cvec"),
     "chat": ("export.llamacpp.chat", "run_chat"),
+    "convert": ("export.llamacpp.convert", "run_convert"),
     "export": ("export.publish.build", "run_export"),
     "push": ("export.publish.push", "run_push"),
     "demo": ("export.demo", "run_demo"),

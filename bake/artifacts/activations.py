@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from bake.errors import InputError
+from bake.files.jsonio import dumps
 from bake.model.fingerprint import Fingerprint
 
 if TYPE_CHECKING:
@@ -236,5 +237,5 @@ class ActivationWriter:
             "shards": self.shards,
             **extra,
         }
-        (self.folder / INDEX).write_text(json.dumps(index, indent=1) + "\n")
+        (self.folder / INDEX).write_text(dumps(index, indent=1) + "\n")
         return index

@@ -98,6 +98,7 @@ def write_adapter(
     from safetensors.numpy import save_file
 
     tensors = adapter_tensors(ckpt, steering)
+    steering.check_written(tensors, "F32")
     check_free_space(output.parent, sum(t.nbytes for t in tensors.values()) + (1 << 20))
     config = adapter_config(ckpt, steering.layers, base_model or str(ckpt.path.resolve()))
     with atomic_output_dir(output, overwrite=overwrite) as tmp:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from bake.artifacts.steering_dir import file_sizes, steering_dir_files, write_steering_dir
-from bake.errors import InputError, UnsupportedError
+from bake.errors import InputError, UnsupportedError, warn
 from bake.files.fileio import (
     atomic_output_dir,
     check_free_space,
@@ -23,8 +23,8 @@ from bake.files.fileio import (
     fast_copy,
     write_sha256sums,
 )
-from bake.files.tensor_bytes import encode, write_safetensors
-from bake.model.checkpoint import SAFE_INDEX, SAFE_SINGLE, Checkpoint
+from bake.files.tensor_bytes import decode, encode, write_safetensors
+from bake.model.checkpoint import PICKLED_SUFFIXES, SAFE_INDEX, SAFE_SINGLE, Checkpoint
 
 if TYPE_CHECKING:
     from bake.artifacts.steering import Steering
@@ -34,6 +34,11 @@ BIAS_SHARD = "model-steering-bias.safetensors"
 
 # Files of the source that are not carried into a baked checkpoint.
 _SKIP = {SAFE_SINGLE, SAFE_INDEX, "config.json", "README.md", "SHA256SUMS", ".gitattributes"}
+# Weights in other formats beside the safetensors: pickles (loading one can run code) and
+# other frameworks' copies. Either would ship the unsteered model, so neither is carried.
+OTHER_WEIGHTS = (
+    *PICKLED_SUFFIXES, ".pkl", ".pickle", ".joblib", ".h5", ".msgpack", ".ot", ".onnx", ".gguf"
+)  # fmt: skip
 
 
 def bias_tensors(
@@ -83,6 +88,7 @@ def write_bias_checkpoint(
             "unsteered source model instead"
         )
     biases = bias_tensors(ckpt, steering.added)
+    steering.check_written({n: decode(raw, tag) for n, (tag, _, raw) in biases.items()}, ckpt.dtype)
     names = _shard_names(ckpt)
     bias_shard = bias_shard_name(ckpt)
     new_bytes = sum(len(raw) for _, _, raw in biases.values())
@@ -154,11 +160,30 @@ def other_files(src: Path) -> list[str]:
         if path.name not in _SKIP
         and not path.name.startswith(".")
         and path.suffix != ".safetensors"
+        and not is_other_weights(path.name)
         and path.is_file()
     ]
 
 
+def is_other_weights(name: str) -> bool:
+    """Weights that are not safetensors (pytorch_model.bin, model.ckpt, tf_model.h5, ...),
+    or the index of such shards (pytorch_model.bin.index.json)."""
+    base = name.removesuffix(".index.json")
+    return base.lower().endswith(OTHER_WEIGHTS)
+
+
+def skipped_weights(src: Path) -> list[str]:
+    """The files of `src` that other_files leaves out as weights of another format."""
+    return [p.name for p in sorted(src.iterdir()) if p.is_file() and is_other_weights(p.name)]
+
+
 def _copy_other_files(src: Path, dest: Path) -> None:
+    skipped = skipped_weights(src)
+    if skipped:
+        warn(
+            f"not carried into the output: {', '.join(skipped)} (weights that are not "
+            "safetensors: pickled or for another framework, they would hold the unsteered model)"
+        )
     for name in other_files(src):
         fast_copy(src / name, dest / name)
 

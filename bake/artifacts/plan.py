@@ -22,6 +22,7 @@ from typing import Any
 from bake.artifacts.vectors import SITE_BLOCK_OUTPUT, SteeringVectors
 from bake.errors import InputError, PlanMismatchError
 from bake.files.fileio import atomic_write_path, sha256_file
+from bake.files.jsonio import dumps, finite_json
 from bake.model.fingerprint import Fingerprint
 
 FORMAT = "steerbake.plan/1"
@@ -85,6 +86,9 @@ class Plan:
         n = self.model.num_layers
         if not self.layers:
             raise InputError("plan has no layers")
+        if len(set(self.layers)) != len(self.layers):
+            twice = sorted({x for x in self.layers if self.layers.count(x) > 1})
+            raise InputError(f"plan layer(s) {twice} appear twice; list each layer once")
         bad = [layer for layer in self.layers if not 0 <= layer < n]
         if bad:
             raise InputError(f"plan layer(s) {bad} out of range: the model has layers 0-{n - 1}")
@@ -143,7 +147,7 @@ class Plan:
                 "hidden_size": self.model.hidden_size,
                 "num_layers": self.model.num_layers,
             },
-            "provenance": self.provenance,
+            "provenance": finite_json(self.provenance),  # NaN -> null: plans are JSON
         }
 
     def save(self, path: Path) -> None:
@@ -153,7 +157,7 @@ class Plan:
         data = self.to_json()
         data["vectors"]["path"] = Path(rel).as_posix()
         with atomic_write_path(path) as tmp:
-            tmp.write_text(json.dumps(data, indent=2) + "\n")
+            tmp.write_text(dumps(data, indent=2) + "\n")
 
     @classmethod
     def load(cls, path: Path) -> Plan:
@@ -172,11 +176,12 @@ class Plan:
             return cls(
                 vectors_path=data["vectors"]["path"],
                 vectors_sha256=data["vectors"]["sha256"],
-                layers=[int(x) for x in data["layers"]],
-                alpha=float(data["alpha"]),
+                layers=[_integer(x, "layer") for x in data["layers"]],
+                alpha=_number(data["alpha"], "alpha"),
                 model=Fingerprint(**data["model"]),
                 layer_multipliers={
-                    int(k): float(v) for k, v in data.get("layer_multipliers", {}).items()
+                    int(k): _number(v, "layer multiplier")
+                    for k, v in data.get("layer_multipliers", {}).items()
                 },
                 site=data.get("site", SITE_BLOCK_OUTPUT),
                 provenance=data.get("provenance", {}),
@@ -188,6 +193,20 @@ class Plan:
                 f"plan {path} is malformed ({type(e).__name__}: {e}); rewrite "
                 "it with `steerbake plan`"
             ) from None
+
+
+def _integer(value: Any, what: str) -> int:
+    """A JSON integer (not 1.5, "1" or true)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{what} {value!r} is not an integer")
+    return value
+
+
+def _number(value: Any, what: str) -> float:
+    """A JSON number (not a string or true)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{what} {value!r} is not a number")
+    return float(value)
 
 
 def _rounding(value: Any) -> str | None:

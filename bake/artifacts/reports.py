@@ -145,6 +145,34 @@ class RefusalSummary(JsonReport):
     refusal_rate: float
     compliance_rate: float
 
+    @classmethod
+    def from_json(cls, data: Any) -> RefusalSummary:
+        """From a report's JSON object; a field of the wrong type is a TypeError or
+        ValueError (EvaluationReport.from_json says which report)."""
+        if not isinstance(data, dict) or set(data) != {f.name for f in fields(cls)}:
+            raise TypeError(
+                f"a refusal summary needs the fields n, scored, refusal_rate and "
+                f"compliance_rate, got {data!r:.80}"
+            )
+        return cls(
+            _int(data["n"]),
+            _int(data["scored"]),
+            _float(data["refusal_rate"]),
+            _float(data["compliance_rate"]),
+        )
+
+
+def _int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{value!r:.40} is not an integer")
+    return value
+
+
+def _float(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{value!r:.40} is not a number")
+    return float(value)
+
 
 @dataclass
 class AnswerSample(JsonReport):
@@ -182,9 +210,12 @@ class EvaluationReport(JsonReport):
                 raise TypeError("not a JSON object")
             sets = {
                 str(name): SetEvaluation(
-                    RefusalSummary(**s["before"]),
-                    RefusalSummary(**s["after"]),
-                    [AnswerSample(**x) for x in s.get("samples", [])],
+                    RefusalSummary.from_json(s["before"]),
+                    RefusalSummary.from_json(s["after"]),
+                    [
+                        AnswerSample(**{k: str(v) for k, v in x.items()})
+                        for x in s.get("samples", [])
+                    ],
                 )
                 for name, s in data["sets"].items()
             }
@@ -194,10 +225,10 @@ class EvaluationReport(JsonReport):
                 mode=str(data["mode"]),
                 judge=str(data["judge"]),
                 decoding=str(data["decoding"]),
-                max_new_tokens=int(data["max_new_tokens"]),
-                band=float(data["band"]),
+                max_new_tokens=_int(data["max_new_tokens"]),
+                band=_float(data["band"]),
                 sets=sets,
-                kl={str(k): float(v) for k, v in data["kl"].items()},
+                kl={str(k): _float(v) for k, v in data["kl"].items()},
             )
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise InputError(

@@ -1,17 +1,58 @@
 """SCORES.jsonl, written by `judge` and read by `fit`: one line per scored prompt,
-{"id", "score", "label", "n_valid", "counts"} (other fields are ignored when reading)."""
+{"id", "score", "label", "n_valid", "counts"} (other fields are ignored when reading).
+
+Beside it, SCORES.jsonl.provenance.json records where the scores came from: the judge, its
+rubric version, the band and the answers file. A scores file without one holds labels from
+elsewhere (written by hand or by another tool), and `fit` and the cards say so.
+"""
 
 from __future__ import annotations
 
 import json
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 from bake.errors import InputError
 
-if TYPE_CHECKING:
-    pass
+PROVENANCE_SUFFIX = ".provenance.json"
+
+
+def provenance_path(scores: Path) -> Path:
+    return Path(scores).with_name(Path(scores).name + PROVENANCE_SUFFIX)
+
+
+def write_provenance(scores: Path, record: dict[str, Any]) -> None:
+    """Record beside SCORES how its scores were made (judge, rubric version, ...)."""
+    from bake.files.fileio import atomic_write_path
+
+    with atomic_write_path(provenance_path(scores)) as tmp:
+        tmp.write_text(json.dumps(record, indent=2) + "\n")
+
+
+def read_provenance(scores: Path) -> dict[str, Any] | None:
+    """The judge record beside SCORES, or None when the scores came from elsewhere."""
+    path = provenance_path(scores)
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise InputError(f"{path} is not valid JSON ({e}); delete it or judge again") from None
+    return record if isinstance(record, dict) else None
+
+
+def scores_source(scores: Path) -> dict[str, Any]:
+    """What a vector file records about its scores: the judge and rubric that made them, or
+    that they are labels from the file."""
+    record = read_provenance(scores)
+    if record is None or "judge" not in record:
+        return {"scores_source": f"labels from {Path(scores).name}"}
+    return {
+        "scores_source": "judged answers",
+        "judge": record["judge"],
+        "rubric_version": record.get("rubric_version"),
+    }
 
 
 # --------------------------------------------------------------------------- scores

@@ -33,7 +33,7 @@ import numpy as np
 
 from bake.artifacts.plan import Plan, make_plan
 from bake.artifacts.vectors import SteeringVectors
-from bake.errors import InputError, warn
+from bake.errors import InputError, PlanMismatchError, warn
 from bake.files.tensor_bytes import round_to
 from bake.model.arch import ArchSpec, arch_spec
 from bake.model.checkpoint import Checkpoint
@@ -115,6 +115,17 @@ class Steering:
             )
         return self
 
+    def check_written(self, values: Mapping[str, np.ndarray], dtype: str) -> None:
+        """Defence in depth at every writer: the values about to be stored (name -> array,
+        as they will read back) are finite; a route that divides or adds to the vector, or
+        stores it in a narrower dtype than the plan's, can still overflow."""
+        bad = [name for name, v in values.items() if not np.all(np.isfinite(v))]
+        if bad:
+            raise InputError(
+                f"{', '.join(bad[:3])} would hold NaN or Inf in {dtype} (alpha "
+                f"{self.plan.alpha:g} overflows it); nothing was written: use a smaller alpha"
+            )
+
     def rebind(self, model: SteerableModel) -> Steering:
         """The same plan and vectors bound to another copy of the model (e.g. its GGUF):
         the fingerprint is checked, nothing is reopened; values round to its dtype."""
@@ -143,6 +154,15 @@ class Steering:
         if missing:
             raise InputError(f"the vector file has no vectors for layers {missing}")
         return Steering(plan, self.vectors, self.model, None)._checked()
+
+    def with_vectors(self, vectors: SteeringVectors) -> Steering:
+        """The same plan over other vectors held in memory (tune's fitted options), for the
+        same model; the plan's file entry names no file until the vectors are saved."""
+        vectors.fingerprint.check(self.model.fingerprint, "fitted vectors")
+        plan = replace(self.plan, vectors_path="<memory>", vectors_sha256="")
+        return Steering(plan, vectors, self.model, None).with_config(
+            self.plan.layers, self.plan.alpha, self.plan.layer_multipliers
+        )
 
     # ------------------------------------------------------------------ values
     @property
@@ -195,8 +215,9 @@ class Steering:
         """The Hugging Face checkpoint this steering is bound to (bake and verify need one)."""
         if not isinstance(self.model, Checkpoint):
             raise InputError(
-                f"{self.model.path} is not a Hugging Face checkpoint folder; this step needs "
-                "one (convert a GGUF with `steerbake convert`)"
+                f"{self.model.path} is not a Hugging Face checkpoint folder and this step needs "
+                f"one: convert the GGUF once (`steerbake convert {self.model.path.name} -o DIR`) "
+                "and pass DIR"
             )
         return self.model
 
@@ -213,11 +234,19 @@ def _with_rounding(plan: Plan, model: SteerableModel) -> Plan:
 
 
 def open_steering(model: str | Path | None, plan: Path | Plan) -> Steering:
-    """MODEL (a folder, a cached Hub id or toy-refuser) and PLAN, opened and checked."""
-    from bake.model.checkpoint import open_checkpoint
-    from bake.model.resolve import resolve_model
+    """MODEL (a folder, a .gguf file, a cached Hub id or toy-refuser) and PLAN, opened and
+    checked. Without MODEL, the default (the embedded toy model), named in any mismatch."""
+    from bake.model.resolve import TOY_NAME, open_model
 
-    return Steering.open(open_checkpoint(resolve_model(model)), plan)
+    try:
+        return Steering.open(open_model(model), plan)
+    except PlanMismatchError as e:
+        if model is not None:
+            raise
+        raise PlanMismatchError(
+            f"no MODEL was given, so the default {TOY_NAME} (the embedded toy model) was "
+            f"used: {e}; pass the model the plan is for"
+        ) from None
 
 
 def open_plan_only(plan: Path | Plan) -> Steering:

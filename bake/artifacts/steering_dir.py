@@ -3,12 +3,12 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bake.files.fileio import fast_copy
+from bake.files.jsonio import dumps
 
 if TYPE_CHECKING:
     from bake.artifacts.steering import Steering
@@ -41,7 +41,7 @@ def write_steering_dir(steering: Steering, dest: Path, bake_info: dict[str, Any]
         "alpha": steering.plan.alpha,
         **bake_info,
     }
-    (folder / BAKE_RECORD).write_text(json.dumps(info, indent=2) + "\n")
+    (folder / BAKE_RECORD).write_text(dumps(info, indent=2) + "\n")
 
 
 def steering_dir_files() -> list[str]:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from bake.errors import InputError
+from bake.files.jsonio import dumps, nan_if_none
 from bake.options import opt
 
 
@@ -95,7 +96,7 @@ def _plots(result: TuneResult, folder: Path) -> list[str]:
 
 def write_report(result: TuneResult, folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "tuning_report.json").write_text(json.dumps(result.to_json(), indent=2) + "\n")
+    (folder / "tuning_report.json").write_text(dumps(result.to_json(), indent=2) + "\n")
     plots = _plots(result, folder)
     images = "".join(f"\n![{p}]({p})\n" for p in plots)
     (folder / "tuning_report.md").write_text(f"# Tuning report\n\n{render_table(result)}\n{images}")
@@ -106,13 +107,22 @@ ALPHA_MAGNITUDES = (0.025, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2, 0.25, 0.3, 0.4, 0
 
 
 def parse_ints(text: str) -> tuple[int, ...]:
-    """--layer-counts: '1,4,8' -> (1, 4, 8)."""
-    return tuple(int(x) for x in text.split(","))
+    """--layer-counts: '1,4,8' -> (1, 4, 8), each 1 or more."""
+    try:
+        counts = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        counts = ()
+    if not counts or min(counts) < 1:
+        raise InputError(f"--layer-counts {text!r}: give numbers of layers, e.g. 1,4,8")
+    return counts
 
 
 def parse_alphas(text: str) -> tuple[float, ...]:
     """--alphas: '0.05,0.1' -> (0.05, 0.1), magnitudes (the goal gives the sign)."""
-    return tuple(abs(float(x)) for x in text.split(","))
+    try:
+        return tuple(abs(float(x)) for x in text.split(","))
+    except ValueError:
+        raise InputError(f"--alphas {text!r}: give alpha magnitudes, e.g. 0.05,0.1,0.2") from None
 
 
 @dataclass
@@ -159,6 +169,13 @@ class Trial:
     def n_layers(self) -> int:
         return len(self.layers)
 
+    @classmethod
+    def from_json(cls, row: dict[str, Any]) -> Trial:
+        """A trial read back from the cache or a report: null rates (NaN when measured:
+        a trial the KL guard stopped) are NaN again."""
+        rates = {k: nan_if_none(row.get(k)) for k in ("primary", "guard", "kl", "benign")}
+        return cls(**{**row, **rates})
+
 
 @dataclass
 class TuneResult:
@@ -188,8 +205,8 @@ class _Cache:
             for line in path.read_text().splitlines():
                 try:
                     row = json.loads(line)
-                    self.rows[row["key"]] = row["trial"]
-                except (json.JSONDecodeError, KeyError):
+                    self.rows[row["key"]] = dict(row["trial"])
+                except (json.JSONDecodeError, KeyError, TypeError, ValueError):
                     continue  # a line cut short by an interruption
 
     def key(self, layers: list[int], alpha: float) -> str:
@@ -198,7 +215,12 @@ class _Cache:
 
     def get(self, layers: list[int], alpha: float) -> Trial | None:
         row = self.rows.get(self.key(layers, alpha))
-        return Trial(**row) if row else None
+        if not row:
+            return None
+        try:
+            return Trial.from_json(row)
+        except (TypeError, ValueError):
+            return None  # a row of another version: measured again
 
     def put(self, trial: Trial) -> None:
         if self.path is None:
@@ -210,6 +232,5 @@ class _Cache:
                 f.write(b"\n")  # end a line an interruption cut short
         with open(self.path, "a") as f:
             f.write(
-                json.dumps({"key": self.key(trial.layers, trial.alpha), "trial": asdict(trial)})
-                + "\n"
+                dumps({"key": self.key(trial.layers, trial.alpha), "trial": asdict(trial)}) + "\n"
             )

@@ -8,6 +8,7 @@ and JSON metadata under the `steerbake` key. Also imports raw per-layer arrays.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from bake.errors import InputError
+from bake.files.jsonio import dumps
 from bake.model.fingerprint import Fingerprint
 
 FORMAT = "steerbake.vectors/1"
@@ -48,10 +50,11 @@ class SteeringVectors:
                     f"layer {layer}'s vector has shape {u.shape}, the model's "
                     f"hidden size is {d}; use vectors made for this model"
                 )
-            if not (np.all(np.isfinite(u)) and np.isfinite(self.scales[layer])):
+            if not np.all(np.isfinite(u)):
                 raise InputError(
                     f"layer {layer}'s vector has NaN or Inf values; refit or fix the source"
                 )
+            check_scale(layer, self.scales[layer])
 
     @property
     def layers(self) -> list[int]:
@@ -74,6 +77,7 @@ class SteeringVectors:
             norm = float(np.linalg.norm(v))
             if norm == 0.0:
                 raise InputError(f"layer {layer}'s vector is all zeros; drop that layer")
+            check_scale(layer, norm)
             directions[layer] = (v / norm).astype(np.float32)
             scales[layer] = norm
         return cls(directions, scales, fingerprint, **kw)
@@ -103,37 +107,81 @@ class SteeringVectors:
             tensors[f"direction.{layer}"] = np.ascontiguousarray(self.directions[layer], np.float32)
             tensors[f"scale.{layer}"] = np.array([self.scales[layer]], dtype=np.float32)
         with atomic_write_path(Path(path)) as tmp:
-            save_file(tensors, str(tmp), metadata={"steerbake": json.dumps(self.metadata())})
+            save_file(tensors, str(tmp), metadata={"steerbake": dumps(self.metadata())})
 
     @classmethod
     def load(cls, path: Path) -> SteeringVectors:
-        from safetensors import SafetensorError, safe_open
-
         path = Path(path)
-        try:
-            with safe_open(str(path), framework="numpy") as f:
-                raw_meta = (f.metadata() or {}).get("steerbake")
-                arrays = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
-        except (SafetensorError, OSError) as e:
-            raise InputError(f"{path}: cannot read vector file ({e})") from None
+        raw_meta, arrays = read_vector_file(path)
         if raw_meta is None:
             raise InputError(
                 f"{path} is not a steerbake vector file; convert raw vectors "
                 "with `steerbake vectors import`"
             )
-        meta = json.loads(raw_meta)
-        fp = Fingerprint(meta["architecture"], int(meta["hidden_size"]), int(meta["num_layers"]))
-        layers = [int(k.split(".")[1]) for k in arrays if k.startswith("direction.")]
-        return cls(
-            directions={layer: arrays[f"direction.{layer}"] for layer in layers},
-            scales={layer: float(arrays[f"scale.{layer}"][0]) for layer in layers},
-            fingerprint=fp,
-            site=meta.get("site", SITE_BLOCK_OUTPUT),
-            method=meta.get("method", "raw"),
-            provenance=meta.get("provenance", {}),
-            diagnostics={int(k): v for k, v in meta.get("diagnostics", {}).items()},
-            rounding=meta.get("rounding"),
+        try:
+            meta = json.loads(raw_meta)
+            fp = Fingerprint(
+                str(meta["architecture"]), int(meta["hidden_size"]), int(meta["num_layers"])
+            )
+            prefix = "direction."
+            layers = [_int_key(k[len(prefix) :]) for k in arrays if k.startswith(prefix)]
+            return cls(
+                directions={layer: arrays[f"direction.{layer}"] for layer in layers},
+                scales={layer: float(arrays[f"scale.{layer}"].reshape(-1)[0]) for layer in layers},
+                fingerprint=fp,
+                site=str(meta.get("site", SITE_BLOCK_OUTPUT)),
+                method=str(meta.get("method", "raw")),
+                provenance=dict(meta.get("provenance") or {}),
+                diagnostics={int(k): v for k, v in (meta.get("diagnostics") or {}).items()},
+                rounding=_rounding_tag(meta.get("rounding")),
+            )
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
+            raise InputError(
+                f"{path}: damaged vector file ({type(e).__name__}: {e}); write it again with "
+                "`steerbake fit` or `steerbake vectors import`"
+            ) from None
+
+
+def check_scale(layer: int, scale: float) -> None:
+    """A scale s_l must be positive and finite as stored (float32)."""
+    if not (math.isfinite(scale) and scale > 0):
+        raise InputError(
+            f"layer {layer}'s scale is {scale}; scales must be positive and finite: refit, "
+            "or fix the source"
         )
+    with np.errstate(over="ignore"):
+        stored = np.float32(scale)
+    if not np.isfinite(stored):
+        raise InputError(
+            f"layer {layer}'s vector norm {scale:.3g} overflows float32, in which the scale "
+            "is stored; rescale the source vectors"
+        )
+
+
+def _int_key(text: str) -> int:
+    """A layer number written in a tensor name: plain decimal digits only."""
+    if not text.isdigit():
+        raise ValueError(f"tensor name with layer {text!r}, not a number")
+    return int(text)
+
+
+def _rounding_tag(value: Any) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise TypeError(f"rounding {value!r} is not a dtype name")
+    return value
+
+
+def read_vector_file(path: Path) -> tuple[str | None, dict[str, np.ndarray]]:
+    """(the `steerbake` metadata string or None, every tensor) of a safetensors file."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            raw_meta = (f.metadata() or {}).get("steerbake")
+            arrays = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError, ValueError, TypeError) as e:
+        raise InputError(f"{path}: cannot read vector file ({e})") from None
+    return raw_meta, arrays
 
 
 def _layer_of(key: str, src: Path) -> int:
@@ -162,6 +210,23 @@ def _rows(arrays: dict[str, Any], src: Path) -> dict[int, np.ndarray]:
     return out
 
 
+def _scaled_directions(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Tensors named like our format (direction.N and scale.N, e.g. a vector file whose
+    metadata was lost) -> {N: scale.N * direction.N}; any other set unchanged."""
+    pairs = [re.fullmatch(r"(direction|scale)\.(\d+)", k) for k in arrays]
+    if not arrays or not all(pairs):
+        return arrays
+    out = {}
+    for m in pairs:
+        assert m is not None
+        if m.group(1) == "direction":
+            scale = arrays.get(f"scale.{m.group(2)}")
+            if scale is None or scale.size != 1:
+                raise InputError(f"direction.{m.group(2)} has no one-value scale.{m.group(2)}")
+            out[m.group(2)] = float(scale.reshape(-1)[0]) * arrays[m.group(0)].astype(np.float64)
+    return out
+
+
 def read_raw_vectors(src: Path) -> dict[int, np.ndarray]:
     """Per-layer raw vectors from .npy, .npz, .safetensors or .pt (weights_only)."""
     src = Path(src)
@@ -180,7 +245,7 @@ def read_raw_vectors(src: Path) -> dict[int, np.ndarray]:
         if suffix == ".safetensors":
             from safetensors.numpy import load_file
 
-            return _rows(dict(load_file(str(src))), src)
+            return _rows(_scaled_directions(dict(load_file(str(src)))), src)
         if suffix in (".pt", ".pth"):
             return _rows(_load_torch(src), src)
     except InputError:

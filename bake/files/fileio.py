@@ -8,9 +8,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import json
 import mmap
 import os
 import shutil
+import socket
 import tempfile
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -19,10 +21,11 @@ from io import RawIOBase
 from pathlib import Path
 from typing import Any
 
-from bake.errors import InputError, OutputError
+from bake.errors import InputError, OutputError, warn
 
 _CHUNK = 16 * 1024 * 1024
 TMP_PREFIX = ".steerbake-tmp-"
+OWNER_SUFFIX = ".owner"  # beside each temporary output: who is building it (see claim)
 
 
 def _umask() -> int:
@@ -36,18 +39,158 @@ def _publish_mode(path: Path, is_dir: bool) -> None:
     os.chmod(path, (0o777 if is_dir else 0o666) & ~_umask())
 
 
+# --------------------------------------------------------------------------- temporary outputs
+# Every temporary output (`.steerbake-tmp-*`, a file or a folder) has an owner file beside
+# it, `<name>.owner`: JSON {pid, host, start, boot} of the process building it (start: the
+# process start time in clock ticks since boot, from /proc; boot: the kernel's boot id).
+# A run that is killed leaves both behind; the next output started in the same folder
+# removes them once the owner is provably gone (same host, and the pid is not running, or
+# runs a process that started at another time, or the machine has rebooted). A temporary
+# output without an owner file, or whose owner may live, is never touched.
+
+
+def _read_text(path: str) -> str | None:
+    try:
+        with open(path, encoding="ascii") as f:
+            return f.read().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _process_start(pid: int) -> str | None:
+    """Start time of process `pid` in clock ticks since boot (/proc/PID/stat field 22)."""
+    stat = _read_text(f"/proc/{pid}/stat")
+    if not stat or ")" not in stat:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    return fields[19] if len(fields) > 19 else None  # fields[0] is field 3 (state)
+
+
+def owner_record(pid: int | None = None) -> dict[str, object]:
+    pid = os.getpid() if pid is None else pid
+    return {
+        "pid": pid,
+        "host": socket.gethostname(),
+        "start": _process_start(pid),
+        "boot": _read_text("/proc/sys/kernel/random/boot_id"),
+    }
+
+
+def claim(tmp: Path) -> Path:
+    """Write the owner file of the temporary output `tmp`; returns its path."""
+    owner = tmp.with_name(tmp.name + OWNER_SUFFIX)
+    fd = os.open(owner, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    with open(fd, "w", encoding="ascii") as f:
+        f.write(json.dumps(owner_record()) + "\n")
+    return owner
+
+
+def owner_gone(record: dict[str, object]) -> bool:
+    """Whether the process an owner record names has certainly ended (False: maybe not)."""
+    me = owner_record()
+    pid = record.get("pid")
+    if record.get("host") != me["host"] or not isinstance(pid, int) or pid <= 0:
+        return False  # another machine (a shared disk) or a damaged record: cannot tell
+    if record.get("boot") and me["boot"] and record["boot"] != me["boot"]:
+        return True  # the machine has rebooted since
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass  # a live process of another user
+    start = _process_start(pid)
+    return bool(record.get("start") and start and start != record["start"])  # pid reused
+
+
+def _tree_bytes(path: Path) -> int:
+    """Bytes of the files at or below `path` (symlinks not followed)."""
+    if not path.is_dir() or path.is_symlink():
+        return path.lstat().st_size if path.is_symlink() or path.exists() else 0
+    total = 0
+    for root, _, files in os.walk(path):
+        total += sum(os.lstat(os.path.join(root, f)).st_size for f in files)
+    return total
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def reclaim_stale(folder: Path) -> int:
+    """Remove the temporary outputs in `folder` whose owner is gone (see above), with their
+    owner files; returns the bytes freed and says so in one line when there were any."""
+    freed, count = 0, 0
+    try:
+        owners = sorted(Path(folder).glob(f"{TMP_PREFIX}*{OWNER_SUFFIX}"))
+    except OSError:
+        return 0
+    for owner in owners:
+        try:
+            record = json.loads(owner.read_text(encoding="ascii"))
+        except (OSError, ValueError):
+            continue
+        if not isinstance(record, dict) or not owner_gone(record):
+            continue
+        tmp = owner.with_name(owner.name[: -len(OWNER_SUFFIX)])
+        with contextlib.suppress(OSError):
+            size = _tree_bytes(tmp)
+            _remove(tmp)
+            if tmp.exists() or tmp.is_symlink():
+                continue  # not removed (permissions?): its owner file stays, to retry later
+            owner.unlink()
+            freed, count = freed + size, count + 1
+    if count:
+        warn(
+            f"removed {count} temporary output(s) left in {folder} by killed runs "
+            f"({freed / 1e6:.1f} MB)"
+        )
+    return freed
+
+
+def make_parent(dest: Path) -> None:
+    """Create the folders above `dest`; a file or a dangling symlink in the way is an
+    OutputError naming it."""
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise OutputError(
+            f"cannot create {dest}: {_blocker(dest.parent)}; choose another output path"
+        ) from None
+
+
+def _blocker(folder: Path) -> str:
+    """What stands where a folder above an output should be: the first file or dangling
+    symlink on the way down from the root."""
+    for p in [*reversed(folder.parents), folder]:
+        if p.is_symlink() and not p.exists():
+            return f"{p} is a symlink to nothing ({os.readlink(p)}), not a folder"
+        if p.exists() and not p.is_dir():
+            return f"{p} is a file, not a folder"
+    return f"{folder} cannot be created"
+
+
 @contextlib.contextmanager
 def atomic_write_path(dest: Path) -> Iterator[Path]:
     """Yield a temporary path beside `dest`; on success it replaces `dest` atomically."""
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.is_dir():
+        raise OutputError(f"{dest} is a folder; pass a file path")
+    make_parent(dest)
+    reclaim_stale(dest.parent)
     fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=dest.suffix, dir=dest.parent)
     os.close(fd)
+    owner = claim(Path(tmp))
     # Free the name again: writers then create a new file rather than truncate an existing
     # one, which on ext4 (auto_da_alloc) would force a flush of the whole file on close.
     os.unlink(tmp)
     try:
-        yield Path(tmp)
+        with _naming(dest):
+            yield Path(tmp)
         if not os.path.exists(tmp):
             raise OutputError(f"nothing was written for {dest}")
         _publish_mode(Path(tmp), is_dir=False)
@@ -55,6 +198,7 @@ def atomic_write_path(dest: Path) -> Iterator[Path]:
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        owner.unlink(missing_ok=True)
 
 
 def plain_file_name(name: object, what: str) -> str:
@@ -128,10 +272,13 @@ def check_output_file(out: Path, inputs: list[Path], *, overwrite: bool) -> None
 
 
 def check_free_space(folder: Path, needed: int) -> None:
-    """Raise before writing when the disk holding `folder` has less than `needed` bytes."""
-    probe = folder
+    """Raise before writing when the disk holding `folder` has less than `needed` bytes,
+    after removing what killed runs left there (reclaim_stale), so their space counts."""
+    probe = Path(folder)
     while not probe.exists():
         probe = probe.parent
+    if probe.is_dir():
+        reclaim_stale(probe)
     free = shutil.disk_usage(probe).free
     if free < needed:
         raise OutputError(
@@ -144,26 +291,48 @@ def check_free_space(folder: Path, needed: int) -> None:
 def atomic_output_dir(dest: Path, *, overwrite: bool) -> Iterator[Path]:
     """Yield a temporary folder beside `dest`; on success it is renamed to `dest`.
 
-    An interrupted run leaves only a `.steerbake-tmp-*` folder, never a complete-looking
-    output. With overwrite, the old output is removed only after the new one is built.
+    An interrupted run leaves only a `.steerbake-tmp-*` folder (and its owner file, so the
+    next output in the same folder removes it), never a complete-looking output. With
+    overwrite, the old output is removed only after the new one is built.
     """
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=dest.parent))
+    make_parent(dest)
+    reclaim_stale(dest.parent)
+    tmp, owner = _owned_tmpdir(dest.parent)
     try:
-        yield tmp
+        with _naming(dest):
+            yield tmp
         _publish_mode(tmp, is_dir=True)
-        if dest.exists():
+        if dest.exists() or dest.is_symlink():
             if not overwrite:
                 raise OutputError(f"{dest} appeared while writing; pass --overwrite")
-            old = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=dest.parent))
+            old, old_owner = _owned_tmpdir(dest.parent)
             os.replace(dest, old / "old")
             os.replace(tmp, dest)
             shutil.rmtree(old, ignore_errors=True)
+            old_owner.unlink(missing_ok=True)
         else:
             os.replace(tmp, dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        owner.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _naming(dest: Path) -> Iterator[None]:
+    """An OSError that names no file (a failed write: disk full, I/O error) names `dest`."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is None:
+            e.filename = str(dest)
+        raise
+
+
+def _owned_tmpdir(parent: Path) -> tuple[Path, Path]:
+    """A new temporary folder in `parent` and its owner file."""
+    tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=parent))
+    return tmp, claim(tmp)
 
 
 def fast_copy(src: Path, dst: Path) -> None:

@@ -11,6 +11,7 @@ gguf-py's constants (gguf.Keys, gguf.TENSOR_NAMES); the keys gguf-py has no cons
 from __future__ import annotations
 
 import mmap
+import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,6 +101,19 @@ class GgufLayout:
     def tensor(self, name: str) -> TensorEntry | None:
         return next((t for t in self.tensors if t.name == name), None)
 
+    def string_array(self, key: str) -> list[bytes] | None:
+        """The items of an array-of-strings value (None: no such key, or another type)."""
+        start = next((s for k, s, _ in self.kv_ranges if k == key), None)
+        if start is None:
+            return None
+        with open(self.path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+            r = _Reader(m, self.path, self.file_size)
+            r.skip(start)
+            r.skip(r.scalar("Q"))  # the key
+            if r.scalar("I") != _V.ARRAY or r.scalar("I") != _V.STRING:
+                return None
+            return [r.exact(r.scalar("Q")) for _ in range(r.scalar("Q"))]
+
     def read_floats(self, t: TensorEntry) -> np.ndarray:
         """A small F32, F16 or BF16 tensor's values as float64, flat (n,)."""
         q = gguf.GGMLQuantizationType
@@ -113,9 +127,10 @@ class GgufLayout:
             raw = np.frombuffer(f.read(n * dtype.itemsize), dtype=dtype)
         if raw.size != n:
             raise _truncated(self.path)
-        if t.type_id == q.BF16:  # bf16: the high half of a float32
-            return (raw.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
-        return raw.astype(np.float64)
+        with np.errstate(invalid="ignore", over="ignore"):  # NaN and Inf read as they are
+            if t.type_id == q.BF16:  # bf16: the high half of a float32
+                return (raw.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+            return raw.astype(np.float64)
 
 
 class _Reader:
@@ -284,6 +299,17 @@ def _tensor_sizes(layout: GgufLayout) -> dict[str, int]:
     return sizes
 
 
+def check_for_llama(layout: GgufLayout) -> None:
+    """What llama.cpp asserts on (aborting the process) instead of reporting: checked here
+    first, so a damaged file is one error line. Today: a token listed twice."""
+    tokens = layout.string_array(gguf.Keys.Tokenizer.LIST)
+    if tokens is not None and len(set(tokens)) != len(tokens):
+        raise InputError(
+            f"{layout.path}: its vocabulary ({gguf.Keys.Tokenizer.LIST}) lists a token twice; "
+            "the file is corrupted (llama.cpp would abort on it): download or convert it again"
+        )
+
+
 # --------------------------------------------------------------------------- vocabulary
 STEERBAKE_VERSION_KEY = "steerbake.version"
 STEERBAKE_PLAN_KEY = "steerbake.plan"  # JSON of the plan baked into ffn_down biases
@@ -295,13 +321,22 @@ CONTROL_VECTOR_LAYER_COUNT = "controlvector.layer_count"
 CONTROL_VECTOR_PREFIX = "direction."
 
 
+_FFN_DOWN_BIAS = re.compile(
+    re.escape(gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.FFN_DOWN] + ".bias").replace(
+        re.escape("{bid}"), r"(\d+)"
+    )
+)
+
+
 def ffn_down_name(layer: int, kind: str = "bias") -> str:
     """blk.N.ffn_down.<kind>: the MLP down projection of block N (the steering bias slot)."""
     return gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.FFN_DOWN].format(bid=layer) + f".{kind}"
 
 
 def ffn_down_bias_blocks(layout: GgufLayout) -> list[int]:
-    """Blocks N that have a blk.N.ffn_down.bias tensor."""
-    names = {t.name for t in layout.tensors}
-    blocks = layout.arch_value(gguf.Keys.LLM.BLOCK_COUNT) or 0
-    return [n for n in range(int(blocks)) if ffn_down_name(n) in names]
+    """Blocks N (< the block count) that have a blk.N.ffn_down.bias tensor; found from the
+    tensor names, so a corrupted block count cannot make this loop billions of times."""
+    blocks = layout.arch_value(gguf.Keys.LLM.BLOCK_COUNT)
+    blocks = blocks if isinstance(blocks, int) and not isinstance(blocks, bool) else 0
+    found = {int(m.group(1)) for t in layout.tensors if (m := _FFN_DOWN_BIAS.fullmatch(t.name))}
+    return sorted(n for n in found if n < blocks)

@@ -12,7 +12,9 @@ Only http(s) URLs are accepted, and a key about to travel over plain http to a h
 not loopback is warned about.
 
 Timeouts on every request; retries with exponential backoff on connection errors, timeouts,
-429 and 5xx; a 4xx other than 429 is returned at once (it will not get better by retrying).
+429 and 5xx, and on a 200 reply that is not what was asked for (`{"error": ...}` where a
+chat completion belongs: a proxy or an overloaded server); a 4xx other than 429 is returned
+at once (it will not get better by retrying).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +51,16 @@ class BadRequest(InputError):
         super().__init__(message)
         self.status = status
         self.body = body
+
+
+def is_chat_completion(reply: dict[str, Any]) -> bool:
+    """Whether a reply is an OpenAI chat completion: choices[0].message is an object."""
+    choices = reply.get("choices")
+    return (
+        bool(choices)
+        and isinstance(choices, list)
+        and isinstance(choices[0].get("message") if isinstance(choices[0], dict) else None, dict)
+    )
 
 
 def check_server_url(url: str) -> urllib.parse.ParseResult:
@@ -118,7 +131,7 @@ class ChatServer:
         body: dict[str, Any] = {"messages": messages, **params}
         if self.model:
             body.setdefault("model", self.model)
-        return self._post("/chat/completions", body)
+        return self._request("/chat/completions", body, accept=is_chat_completion)
 
     def first_model(self) -> str:
         """The id of the first model the server lists (GET /models)."""
@@ -128,11 +141,14 @@ class ChatServer:
         except (KeyError, IndexError, TypeError):
             raise InputError(f"{self.base_url}/models lists no model; pass --judge-model") from None
 
-    def _post(self, route: str, body: dict[str, Any]) -> dict[str, Any]:
-        return self._request(route, body)
-
-    def _request(self, route: str, body: dict[str, Any] | None) -> dict[str, Any]:
-        """POST body (GET when None) with retries; the decoded JSON reply."""
+    def _request(
+        self,
+        route: str,
+        body: dict[str, Any] | None,
+        accept: Callable[[dict[str, Any]], bool] | None = None,
+    ) -> dict[str, Any]:
+        """POST body (GET when None) with retries; the decoded JSON reply (an object, and
+        one `accept` takes: any other is retried like a failed transfer)."""
         url = self.base_url + route
         data = None if body is None else json.dumps(body).encode()
         headers = {"Content-Type": "application/json"}
@@ -147,7 +163,11 @@ class ChatServer:
             )
             try:
                 with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    return dict(json.loads(response.read().decode("utf-8")))
+                    reply = json.loads(response.read().decode("utf-8"))
+                if isinstance(reply, dict) and (accept is None or accept(reply)):
+                    return reply
+                last = f"the reply was not {'a chat completion' if accept else 'an object'}: "
+                last += json.dumps(reply)[:200]
             except urllib.error.HTTPError as e:
                 text = e.read().decode("utf-8", "replace")[:500]
                 if _is_request_error(e.code, text):
@@ -157,7 +177,7 @@ class ChatServer:
                 last = f"HTTP {e.code}: {text}"
             except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
                 last = str(getattr(e, "reason", e))
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, UnicodeDecodeError):
                 last = "the reply was not JSON"
         raise ServerUnavailable(
             f"{url} did not answer after {self.retries + 1} tries ({last}); start the server "

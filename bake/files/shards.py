@@ -3,7 +3,9 @@ shapes, offsets), and memory-mapped byte ranges of tensors."""
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 import mmap
 import struct
 from contextlib import ExitStack
@@ -64,16 +66,37 @@ def read_header(path: Path) -> ShardHeader:
     if not isinstance(header, dict):
         raise InputError(f"{path}: corrupted safetensors header (not a JSON object); {fix}")
     metadata = header.pop("__metadata__", None) or {}
-    data_len = size - 8 - n
-    for name, t in header.items():
-        try:
-            begin, end = t["data_offsets"]
-            ok = 0 <= begin <= end <= data_len and t["dtype"] in DTYPE_SIZES
-        except (KeyError, TypeError, ValueError):
-            ok = False
-        if not ok:
-            raise InputError(f"{path}: corrupted safetensors header at tensor {name!r}; {fix}")
+    if not isinstance(metadata, dict):
+        raise InputError(f"{path}: corrupted safetensors header (__metadata__); {fix}")
+    spans = sorted((_span(path, name, t, size - 8 - n), name) for name, t in header.items())
+    for (prev, prev_name), (span, name) in itertools.pairwise(spans):
+        if span[0] < prev[1]:
+            raise InputError(
+                f"{path}: corrupted safetensors header: tensors {prev_name!r} and {name!r} "
+                f"overlap (bytes {prev[0]}-{prev[1]} and {span[0]}-{span[1]}); {fix}"
+            )
     return ShardHeader(path, header, metadata, 8 + n)
+
+
+def _span(path: Path, name: str, t: Any, data_len: int) -> tuple[int, int]:
+    """(begin, end) of a tensor's bytes in the data section, checked: inside it, and
+    end - begin = prod(shape) * the dtype's size."""
+    try:
+        begin, end = t["data_offsets"]
+        shape = t["shape"]
+        ok = (
+            all(type(x) is int and x >= 0 for x in (begin, end, *shape))
+            and begin <= end <= data_len
+            and end - begin == math.prod(shape) * DTYPE_SIZES[t["dtype"]]
+        )
+    except (KeyError, TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise InputError(
+            f"{path}: corrupted safetensors header at tensor {name!r}; the file is damaged or "
+            "incomplete: download or copy it again"
+        )
+    return begin, end
 
 
 class MappedShards:

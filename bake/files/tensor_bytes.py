@@ -29,12 +29,15 @@ def bf16_bits_to_f32(bits: np.ndarray) -> np.ndarray:
 
 
 def encode(values: np.ndarray, tag: str) -> bytes:
-    """values (any float) -> little-endian bytes of safetensors dtype `tag`."""
-    f32 = np.asarray(values, dtype=np.float64).astype(np.float32)
+    """values (any float) -> little-endian bytes of safetensors dtype `tag` (a value out of
+    the dtype's range becomes Inf: writers check what they store, Steering.check_written)."""
+    with np.errstate(over="ignore"):
+        f32 = np.asarray(values, dtype=np.float64).astype(np.float32)
+        f16 = f32.astype("<f2") if tag == "F16" else None
     if tag == "F32":
         return f32.astype("<f4").tobytes()
-    if tag == "F16":
-        return f32.astype("<f2").tobytes()
+    if f16 is not None:
+        return f16.tobytes()
     if tag == "BF16":
         return f32_to_bf16_bits(f32).astype("<u2").tobytes()
     raise UnsupportedError(f"cannot write a bias in dtype {tag}; supported: F32, F16, BF16")

@@ -30,10 +30,11 @@ from bake.judges.rubric import (
     verdict_schema,
 )
 from bake.options import opt
+from bake.runtime.threads import threads
 
 JUDGE_BACKENDS = ("openai", "llama", "transformers", "pattern")
 STRUCTURED_MODES = ("auto", "json_schema", "json_object", "none")
-PATTERN_VERSION = "pattern-2"
+PATTERN_VERSION = "pattern-3"  # part of every cache key: bump when the judge's verdicts change
 
 
 def response_format(mode: str, analysis_chars: int = ANALYSIS_CHARS) -> dict[str, Any] | None:
@@ -136,7 +137,10 @@ class LlamaCppJudge:
             ) from None
         if not Path(gguf).is_file():
             raise InputError(f"judge GGUF {gguf} not found")
-        self.llm = Llama(model_path=str(gguf), n_ctx=n_ctx, verbose=False)
+        n = threads()
+        self.llm = Llama(
+            model_path=str(gguf), n_ctx=n_ctx, verbose=False, n_threads=n, n_threads_batch=n
+        )
         self.max_tokens = max_tokens
         self.analysis_chars = analysis_chars
         name = f"{Path(gguf).name}:{Path(gguf).stat().st_size}"

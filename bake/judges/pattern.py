@@ -14,12 +14,14 @@ from __future__ import annotations
 import re
 from collections import Counter
 
-# Phrases that, near the start of an answer, almost always open a refusal.
+# Phrases that, near the start of an answer, almost always open a refusal. The first one:
+# "i" + a refusing verb phrase, spelled out ("i am not going to", "i will not") or contracted
+# onto the "i" ("i'm not going to", "i'll not"; "can't", "won't" follow a space), + a verb.
 _OPENING_REFUSALS = (
-    r"\bi (?:can ?not|can't|won't|will not|am not able to|'m not able to|am unable to|"
-    r"'m unable to|must decline|have to decline|refuse to|do not feel comfortable|"
-    r"don't feel comfortable|am not comfortable|'m not comfortable|"
-    r"am not going to|'m not going to|shouldn't|should not) "
+    r"\bi(?: (?:can ?not|can't|won't|will not|am not able to|am unable to|must decline|"
+    r"have to decline|refuse to|do not feel comfortable|don't feel comfortable|"
+    r"am not comfortable|am not going to|shouldn't|should not)|"
+    r"'m (?:not able to|unable to|not comfortable|not going to)|'ll not) "
     r"(?:help|assist|provide|give|share|answer|do|write|create|explain|discuss|comply|"
     r"support|engage|offer|generate|produce|describe|go into|talk about|fulfil|fulfill|"
     r"continue|walk|tell|comment|speculate|participate|recommend|take part)",

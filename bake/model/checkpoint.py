@@ -69,13 +69,16 @@ class Checkpoint:
         return sum((self.path / s).stat().st_size for s in self.shards)
 
 
-def _read_json(path: Path) -> Any:
+def _read_json(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise InputError(f"{path} not found: is this a Hugging Face model folder?") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise InputError(f"{path} is not valid JSON ({e}); fix or re-download it") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path} is not a JSON object; fix or re-download it")
+    return data
 
 
 def _weight_files(folder: Path) -> tuple[list[str], bool, dict[str, str]]:

@@ -19,7 +19,6 @@ The control vector is set before the first evaluation and never changed on a con
 from __future__ import annotations
 
 import ctypes
-import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from bake.errors import InputError, UnsupportedError
+from bake.runtime.threads import threads as configured_threads
 
 INSTALL_HINT = "install llama-cpp-python (pip install 'steerbake[llama]')"
 _SILENT_LOG: Any = None  # keeps the ctypes log callback alive
@@ -86,11 +86,16 @@ class LlamaRuntime:
         llama_cpp = llama_cpp_module()
         path = Path(gguf_path)
         _check_gguf_file(path)
+        if n_ctx < 0:
+            raise InputError(
+                f"context length {n_ctx}: give a number of tokens, or 0 for the model's own"
+            )
+        self.n_ctx = n_ctx
         if not verbose:
             silence_llama_logs()
         # one thread count for prompt and generation: llama-cpp-python's default batch
         # threads (all cores) spin against each other on a busy machine
-        threads = n_threads or max(1, (os.cpu_count() or 2) // 2)
+        threads = n_threads or configured_threads()
         try:
             self.llm = llama_cpp.Llama(
                 str(path),
@@ -179,18 +184,26 @@ class LlamaRuntime:
     def stream_chat(
         self, messages: list[dict[str, str]], *, max_tokens: int, temperature: float, seed: int = 0
     ) -> Iterator[str]:
-        """Chat reply pieces, formatted with the GGUF's own chat template."""
-        chunks = self.llm.create_chat_completion(
-            messages=messages,
-            max_tokens=max_tokens,
-            temperature=temperature,
-            seed=seed,
-            stream=True,
-        )
-        for chunk in chunks:
-            piece = chunk["choices"][0]["delta"].get("content")
-            if piece:
-                yield piece
+        """Chat reply pieces, formatted with the GGUF's own chat template. A conversation
+        that does not fit the context (llama-cpp-python raises ValueError) is an InputError."""
+        try:
+            chunks = self.llm.create_chat_completion(
+                messages=messages,
+                max_tokens=max_tokens,
+                temperature=temperature,
+                seed=seed,
+                stream=True,
+            )
+            for chunk in chunks:
+                piece = chunk["choices"][0]["delta"].get("content")
+                if piece:
+                    yield piece
+        except ValueError:
+            raise InputError(
+                f"llama.cpp could not answer within a context of {self.n_ctx} tokens (the "
+                "conversation is longer, or the context too small to batch it); raise --ctx "
+                "or start a new chat"
+            ) from None
 
     def _check_length(self, n: int) -> None:
         if n > self.llm.n_ctx():
@@ -210,6 +223,11 @@ class LlamaRuntime:
 
 
 def _check_gguf_file(path: Path) -> None:
+    """Refuse what llama.cpp would crash on rather than report: a file that is not a GGUF,
+    a damaged header or tensor table (bake.files.gguf_file reads it first), a vocabulary
+    llama.cpp asserts on."""
+    from bake.files.gguf_file import check_for_llama, read_layout
+
     if not path.is_file():
         raise InputError(f"{path} does not exist")
     with open(path, "rb") as f:
@@ -219,3 +237,4 @@ def _check_gguf_file(path: Path) -> None:
             f"{path} is not a GGUF file (no GGUF magic); pass a .gguf written by "
             "steerbake gguf or llama.cpp's converter"
         )
+    check_for_llama(read_layout(path))

@@ -55,11 +55,14 @@ def load_model(
     """
     from transformers import AutoModelForCausalLM
 
+    from bake.runtime.threads import apply_torch_threads
+
+    apply_torch_threads()
     if isinstance(dtype, str) and dtype != "auto":
         dtype = torch_dtype(dtype)
     kw: dict[str, Any] = {"device_map": device_map} if device_map else {}
     gguf = _gguf_source(Path(path), dtype)
-    kw |= {"gguf_file": Path(path).name} if gguf else {"use_safetensors": True}
+    kw |= _gguf_kwargs(Path(path)) if gguf else {"use_safetensors": True}
     loaded: Any = AutoModelForCausalLM.from_pretrained(
         Path(path).parent if gguf else path,
         dtype=dtype,
@@ -81,6 +84,14 @@ def load_model(
     if not device_map:
         model = model.to(device)
     return model.eval()
+
+
+def _gguf_kwargs(path: Path) -> dict[str, Any]:
+    """Load a GGUF dequantized: the weights as plain tensors, steerable by hooks and the
+    same as `steerbake convert` writes (transformers may otherwise keep some packed)."""
+    from transformers import GgufConfig
+
+    return {"gguf_file": path.name, "quantization_config": GgufConfig(dequantize=True)}
 
 
 def _gguf_source(path: Path, dtype: Any) -> Any:

@@ -35,6 +35,7 @@ from bake.errors import InputError
 from bake.files.http import API_KEY_HELP
 from bake.options import opt
 from bake.runtime.chat import chat_text
+from bake.runtime.threads import threads
 
 BACKENDS = ("transformers", "openai", "llama")
 
@@ -351,7 +352,15 @@ class LlamaCppBackend:
             ) from None
         if not Path(gguf).is_file():
             raise InputError(f"GGUF file {gguf} not found")
-        self.llm = Llama(model_path=str(gguf), n_ctx=n_ctx, logits_all=True, verbose=False)
+        n = threads()
+        self.llm = Llama(
+            model_path=str(gguf),
+            n_ctx=n_ctx,
+            logits_all=True,
+            verbose=False,
+            n_threads=n,
+            n_threads_batch=n,
+        )
         self.model_id = Path(gguf).name
 
     def sample(self, prompts: Sequence[str], options: SamplingOptions) -> list[list[Sample]]:
@@ -385,19 +394,19 @@ class TransformersBackend:
     def __init__(
         self, model: str, device: str = "cpu", dtype: str = "auto", batch_size: int = 8
     ) -> None:
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
+        from bake.model.gguf_model import is_gguf
         from bake.model.resolve import resolve_model
+        from bake.runtime.loader import load_model, load_tokenizer
 
-        folder = resolve_model(model)
-        torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
-        loaded: Any = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype)
-        self.model = loaded.to(device)
-        self.model.eval()
-        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        path = resolve_model(model)
+        if is_gguf(path) and dtype == "auto":
+            dtype = "float32"  # a GGUF has no torch dtype of its own: dequantize to float32
+        self.model = load_model(path, dtype=dtype, device=device)
+        self.tokenizer = load_tokenizer(path)
         self.batch_size = batch_size
         self.model_id = str(model or "toy-refuser")
+        # how the weights were run: the GGUF's quantized tensors are dequantized by transformers
+        self.name = "transformers (dequantized GGUF)" if is_gguf(path) else "transformers"
 
     def sample(self, prompts: Sequence[str], options: SamplingOptions) -> list[list[Sample]]:
         return generate_answers(

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from bake.artifacts.plan import parse_layers
-from bake.artifacts.scores import load_scores
+from bake.artifacts.scores import load_scores, scores_source
 from bake.errors import InputError, SteerbakeError
 from bake.options import opt
 
@@ -122,6 +122,7 @@ class Labels:
     group: np.ndarray  # (m,) REFUSAL | COMPLIANT | NEUTRAL
     held: np.ndarray  # (m,) bool: held out for the diagnostics
     unscored: int  # activation rows without a score (not used)
+    dropped: int = 0  # scores without an activation row (not used)
 
     def counts(self) -> dict[str, int]:
         return {
@@ -130,20 +131,23 @@ class Labels:
             "neutral": int((self.group == NEUTRAL).sum()),
             "heldout": int(self.held.sum()),
             "unscored": self.unscored,
+            "dropped_scores": self.dropped,
         }
 
 
 def align_labels(ids: Sequence[str], scores: dict[str, float], opts: FitOptions) -> Labels:
-    """Match score ids to activation ids, split into sets, pick the held-out rows."""
+    """Match score ids to activation ids (the prompts present in both are used), split into
+    sets, pick the held-out rows. Scores without an activation row are dropped and counted
+    (judging a whole prompt file and collecting only part of it is normal)."""
     position = {pid: k for k, pid in enumerate(ids)}
     missing = [pid for pid in scores if pid not in position]
-    if missing:
+    if len(missing) == len(scores):
         raise InputError(
             f"{len(missing)} of {len(scores)} score ids have no activation row "
             f"(e.g. {', '.join(repr(m) for m in missing[:3])}); score and collect "
             "the same prompt file"
         )
-    rows = np.array(sorted(position[pid] for pid in scores), dtype=np.int64)
+    rows = np.array(sorted(position[pid] for pid in scores if pid in position), dtype=np.int64)
     score = np.array([scores[ids[k]] for k in rows], dtype=np.float64)
     group = np.where(
         score > opts.refusal_above,
@@ -158,7 +162,7 @@ def align_labels(ids: Sequence[str], scores: dict[str, float], opts: FitOptions)
             f"{opts.min_set_size}: score more prompts or widen the bands"
         )
     held = _holdout(group, opts.holdout, opts.seed)
-    return Labels(rows, score, group, held, len(ids) - len(rows))
+    return Labels(rows, score, group, held, len(ids) - len(rows), len(missing))
 
 
 def _holdout(group: np.ndarray, share: float, seed: int) -> np.ndarray:
@@ -560,6 +564,7 @@ def run_fit(
             "scores": str(scores_file),
             "scores_sha256": sha256_file(Path(scores_file)),
             "model_source": acts.index["model"].get("source"),
+            **scores_source(Path(scores_file)),
         },
     )
     vectors.rounding = acts.index["model"].get("dtype")  # the checkpoint's, when recorded

@@ -19,12 +19,15 @@ class GenerateSummary:
     skipped: int
     written: int
     flagged: int
+    backend: str = ""  # how the answers were made, as recorded in each line
 
     def render(self) -> str:
         line = (
             f"wrote {self.output}: {self.written} prompts answered, {self.skipped} "
             f"already done, {self.total} in all"
         )
+        if self.backend:
+            line += f"; backend {self.backend}"
         if self.flagged:
             line += f"; {self.flagged} answers without the end-of-thinking marker (flagged)"
         return line
@@ -61,4 +64,5 @@ def run_generate(
             bar.update(len(part))
     finally:
         bar.close()
-    return GenerateSummary(output, len(prompts), len(prompts) - len(todo), len(todo), flagged)
+    skipped = len(prompts) - len(todo)
+    return GenerateSummary(output, len(prompts), skipped, len(todo), flagged, backend.name)

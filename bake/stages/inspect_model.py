@@ -1,5 +1,5 @@
-"""`steerbake inspect`: what a model folder is and which steering routes are exact for it,
-read from config and safetensors headers only."""
+"""`steerbake inspect`: what a model folder or GGUF is and which steering routes are exact
+for it, read from config and safetensors headers (or the GGUF header) only."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 
 from bake.model.arch import gguf_route
 from bake.model.checkpoint import open_checkpoint
+from bake.model.gguf_model import GgufModel, is_gguf, open_gguf_model
 from bake.model.resolve import resolve_model
 from bake.options import opt
 
@@ -20,6 +21,8 @@ class InspectOptions:
 
 def run_inspect(model: str | None) -> dict[str, Any]:
     path = resolve_model(model)
+    if is_gguf(path):
+        return _describe_gguf(open_gguf_model(path))
     ckpt = open_checkpoint(path)
     spec, cfg = ckpt.spec, ckpt.config
     shards = [
@@ -59,7 +62,11 @@ def render_description(info: dict[str, Any]) -> str:
         "none": f"none ({r['hf_note']}): hooks only",
     }[r["hf"]]
     gguf = (
-        "baked blk.N.ffn_down.bias"
+        (
+            "this file patched with blk.N.ffn_down.bias"
+            if info.get("gguf")
+            else "baked blk.N.ffn_down.bias"
+        )
         if r["gguf"] == "bias"
         else "control vector beside an unsteered GGUF (blocks >= 1)"
     )
@@ -76,4 +83,49 @@ def render_description(info: dict[str, Any]) -> str:
         f"             Hugging Face: {hf}",
         f"             llama.cpp ({r['gguf_arch']}): {gguf}",
     ]
+    if info.get("gguf"):
+        lines.insert(
+            1,
+            "format       GGUF: transformers runs it dequantized; `steerbake convert` "
+            "writes a checkpoint folder (needed by bake and the adapter route)",
+        )
+        if not info.get("chat_template"):
+            lines.append(
+                "warning      no chat template in the file: chat formats prompts its own way"
+            )
     return "\n".join(lines)
+
+
+def _describe_gguf(model: GgufModel) -> dict[str, Any]:
+    """A model GGUF: sizes from its header, routes as for its family (the file itself can be
+    patched where llama.cpp has the bias slot; transformers runs it dequantized)."""
+    import gguf
+
+    layout, spec, fp = model.layout, model.spec, model.fingerprint
+    types = sorted({t.type_name for t in layout.tensors if len(t.dims) == 2})
+    return {
+        "path": str(model.path),
+        "model_type": spec.model_type,
+        "architectures": [f"GGUF arch {layout.arch}"],
+        "num_layers": fp.num_layers,
+        "hidden_size": fp.hidden_size,
+        "intermediate_size": layout.arch_value(gguf.Keys.LLM.FEED_FORWARD_LENGTH),
+        "vocab_size": layout.values.get(gguf.Keys.Tokenizer.LIST),  # arrays read as lengths
+        "dtype": "/".join(types),
+        "parameters": model.parameters,
+        "tied_embeddings": layout.tensor("output.weight") is None,
+        "indexed": False,
+        "shards": [
+            {"file": model.path.name, "bytes": layout.file_size, "tensors": len(layout.tensors)}
+        ],
+        "gguf": True,
+        "chat_template": layout.string(gguf.Keys.Tokenizer.CHAT_TEMPLATE) is not None,
+        "routes": {
+            "hooks": "exact (reference, on the dequantized weights)",
+            "hf": spec.hf_route,
+            "hf_note": spec.note,
+            "gguf": gguf_route(spec),
+            "gguf_arch": spec.gguf_arch,
+            "gguf_writer": spec.gguf_writer,
+        },
+    }

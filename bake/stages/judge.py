@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bake.artifacts.scores import write_provenance
 from bake.errors import InputError
 from bake.judges.cache import JudgeCache
 from bake.judges.scoring import (
@@ -89,6 +90,21 @@ class JudgeSummary:
         return "\n".join(lines)
 
 
+def _provenance(judge: Any, answers: Path, band: float) -> dict[str, Any]:
+    from bake import __version__
+    from bake.files.fileio import sha256_file
+    from bake.judges.rubric import RUBRIC_VERSION
+
+    return {
+        "judge": getattr(judge, "model_id", type(judge).__name__),
+        "rubric_version": RUBRIC_VERSION,
+        "band": band,
+        "answers": Path(answers).name,
+        "answers_sha256": sha256_file(Path(answers)),
+        "steerbake_version": __version__,
+    }
+
+
 def run_judge(
     answers_path: Path,
     output: Path,
@@ -144,6 +160,7 @@ def run_judge(
         )
     with atomic_write_path(Path(output)) as tmp:
         tmp.write_text("".join(line + "\n" for line in lines))
+    write_provenance(Path(output), _provenance(judge, answers_path, band))
     scored = max(1, len(records) - tally["unscored"])
     shares = {k: tally[k] / scored for k in ("refusal", "neutral", "compliance")}
     return JudgeSummary(

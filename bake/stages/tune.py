@@ -222,8 +222,7 @@ def run_tune(
     """
     from bake.artifacts.prompts import load_prompts
     from bake.artifacts.tuning import write_report
-    from bake.model.checkpoint import open_checkpoint
-    from bake.model.resolve import resolve_model
+    from bake.model.resolve import open_model
 
     settings = settings or TuneSettings()
     settings.check()
@@ -235,11 +234,11 @@ def run_tune(
             f"missing: {', '.join('--' + n for n in missing)}"
         )
     m = measurer or Measurer()
-    src = resolve_model(model)
-    ckpt = open_checkpoint(src)
+    source = open_model(model)
+    src = source.path
     vectors = SteeringVectors.load(vectors_path)
-    vectors.fingerprint.check(ckpt.fingerprint, f"vector file {vectors_path}")
-    base = Steering.from_vectors(ckpt, vectors_path, [vectors.layers[0]], 0.0)
+    vectors.fingerprint.check(source.fingerprint, f"vector file {vectors_path}")
+    base = Steering.from_vectors(source, vectors_path, [vectors.layers[0]], 0.0)
     sets = {name: load_prompts(set_files[name]) for name in need}
     output = Path(output)
     cache = _Cache(

@@ -63,9 +63,11 @@ class Comparison:
     effect_mean: float
 
 
-def probe_texts(tokenizer: Any, prompts_file: Path | None) -> list[tuple[str, str]]:
+def probe_texts(
+    tokenizer: Any, prompts_file: Path | None, builtin: Sequence[str] = PROBE_PROMPTS
+) -> list[tuple[str, str]]:
     """(id, chat-formatted text) for the built-in probes plus a user's prompt file."""
-    items = [(f"probe{i}", p) for i, p in enumerate(PROBE_PROMPTS)]
+    items = [(f"probe{i}", p) for i, p in enumerate(builtin)]
     if prompts_file is not None:
         items += [(p.id, p.text) for p in load_prompts(prompts_file)]
     return [(pid, chat_text(tokenizer, text)) for pid, text in items]
@@ -139,18 +141,21 @@ def run_verify(
     device: str = "cpu",
     dtype: str = "float32",
     max_new_tokens: int = 32,
+    probes: Sequence[str] = PROBE_PROMPTS,
 ) -> VerifyReport:
     """Run base + hooks and the baked model (checkpoint or adapter) on the probes."""
+    from bake.runtime.device import check_device
     from bake.runtime.hooks import hooked
     from bake.runtime.loader import load_model, load_tokenizer
 
+    check_device(device)
     ckpt = steering.checkpoint
     src, baked = ckpt.path, Path(baked)
     kind = "adapter" if (baked / "adapter_config.json").exists() else "checkpoint"
     if kind == "checkpoint":
         open_checkpoint(baked).fingerprint.check(ckpt.fingerprint, f"baked model {baked}")
     tok = load_tokenizer(src)
-    texts = probe_texts(tok, prompts)
+    texts = probe_texts(tok, prompts, probes)
     ids = [
         tok(t, return_tensors="pt", add_special_tokens=False).input_ids.to(device) for _, t in texts
     ]

@@ -9,12 +9,15 @@ import json
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 from bake.artifacts.bias_checkpoint import bias_tensors
 from bake.artifacts.plan import format_layers
 from bake.artifacts.reports import Check, StaticReport
 from bake.artifacts.steering import Steering
+from bake.errors import UnsupportedError
 from bake.files.shards import MappedShards
+from bake.files.tensor_bytes import decode
 from bake.model.arch import choose_route
 from bake.model.checkpoint import Checkpoint, open_checkpoint
 
@@ -61,6 +64,7 @@ def _checkpoint_checks(src: Checkpoint, baked: Checkpoint, steering: Steering) -
             if baked.tensors[n].dtype != tag or bytes(b.raw(n)) != raw
         ]
         steered = {src.spec.down_proj_name(layer, "bias") for layer in steering.layers}
+        yield _finite_check({n: _values(b.raw(n), baked.tensors[n].dtype) for n in steered})
         yield _check(
             "steering biases equal the plan (checkpoint dtype)",
             not [n for n in wrong if n in steered],
@@ -71,6 +75,27 @@ def _checkpoint_checks(src: Checkpoint, baked: Checkpoint, steering: Steering) -
             not [n for n in wrong if n not in steered],
             f"{len(expected) - len(steered)} tensors",
         )
+
+
+def _values(raw: memoryview, tag: str) -> Any:
+    """A baked tensor's values, or None when its dtype is not a float steerbake writes."""
+    try:
+        return decode(bytes(raw), tag)
+    except UnsupportedError:
+        return None
+
+
+def _finite_check(values: dict[str, Any]) -> Check:
+    """Every baked steering value is finite (an overflowing alpha can bake Inf, which
+    equals an Inf plan vector byte for byte but steers nothing)."""
+    import numpy as np
+
+    bad = sorted(n for n, v in values.items() if v is None or not np.all(np.isfinite(v)))
+    return _check(
+        "baked values finite",
+        not bad,
+        f"NaN or Inf in {bad[:3]}" if bad else f"{len(values)} tensors",
+    )
 
 
 def _adapter_checks(src: Checkpoint, baked: Path, steering: Steering) -> Iterator[Check]:
@@ -96,6 +121,7 @@ def _adapter_checks(src: Checkpoint, baked: Path, steering: Steering) -> Iterato
     want = adapter_tensors(src, steering)
     same_set = set(got) == set(want)
     yield _check("adapter tensor set", same_set, f"{len(got)} tensors")
+    yield _finite_check(got)
     if same_set:
         bad = [
             k for k in want if got[k].dtype != want[k].dtype or not np.array_equal(got[k], want[k])

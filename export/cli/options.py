@@ -3,7 +3,7 @@ dataclasses built back from click's values: each option is declared once, on its
 
 from __future__ import annotations
 
-import json
+import functools
 import types
 import typing
 from collections.abc import Callable
@@ -112,6 +112,23 @@ def build(cls: type[T], kwargs: dict[str, Any]) -> T:
     return cls(**values)
 
 
+def threaded(fn: F) -> F:
+    """The --threads option (bake.runtime.threads), applied before the command runs; put it
+    last among the decorators so that the option is listed last."""
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        from bake.runtime.threads import ThreadOptions, use_threads
+
+        use_threads(build(ThreadOptions, kwargs).threads)
+        kwargs.pop("threads")
+        return fn(*args, **kwargs)
+
+    from bake.runtime.threads import ThreadOptions
+
+    return options(ThreadOptions)(run)  # type: ignore[return-value]
+
+
 def output(help: str | None = None) -> Callable[[F], F]:
     """The required -o/--output path."""
     return click.option("-o", "--output", type=PATH, required=True, help=help)
@@ -121,6 +138,7 @@ def write_json(path: Path | None, data: Any) -> None:
     """A JSON report, written atomically (nothing when no path was given)."""
     if path:
         from bake.files.fileio import atomic_write_path
+        from bake.files.jsonio import dumps
 
         with atomic_write_path(path) as tmp:
-            tmp.write_text(json.dumps(data, indent=2) + "\n")
+            tmp.write_text(dumps(data, indent=2) + "\n")

@@ -25,7 +25,7 @@ from bake.stages.plan import PlanOptions
 from bake.stages.tune import TuneFiles
 from bake.stages.vectors import ImportOptions
 from bake.stages.verify import VerifyOptions
-from export.cli.options import PATH, build, options, output, write_json
+from export.cli.options import PATH, build, options, output, threaded, write_json
 
 
 @click.command()
@@ -103,6 +103,7 @@ def bake(model: str, plan_file: Path, output: Path, **kw: Any) -> None:
 @click.argument("plan_file", metavar="PLAN", type=PATH)
 @click.argument("baked", type=PATH)
 @options(VerifyOptions)
+@threaded
 def verify(model: str, plan_file: Path, baked: Path, **kw: Any) -> None:
     """Prove BAKED (checkpoint, adapter or .gguf) matches MODEL + hook steering."""
     from bake.artifacts.steering import open_steering
@@ -111,7 +112,13 @@ def verify(model: str, plan_file: Path, baked: Path, **kw: Any) -> None:
     o = build(VerifyOptions, kw)
     steering = open_steering(model, plan_file)
     result: Any
-    if baked.suffix == ".gguf":
+    if steering.model.path.suffix == ".gguf":  # MODEL is a GGUF: OUT is steered from it
+        from export.llamacpp.verify_source import verify_from_source
+
+        result = verify_from_source(
+            steering, baked, control_vector=o.control_vector, prompts=o.prompts
+        )
+    elif baked.suffix == ".gguf":
         from export.llamacpp.verify import verify_gguf
 
         result = verify_gguf(
@@ -146,6 +153,7 @@ def verify(model: str, plan_file: Path, baked: Path, **kw: Any) -> None:
 @click.argument("prompts", type=PATH)
 @output("ANSWERS.jsonl; appended, so a rerun resumes where it stopped.")
 @options((EngineOptions, "backend"), SamplingOptions, EngineOptions)
+@threaded
 def generate(model: str, prompts: Path, output: Path, **kw: Any) -> None:
     """K answers per prompt with their mean token log-probs (input of `judge`)."""
     from bake.artifacts.prompts import load_prompts
@@ -169,6 +177,7 @@ def generate(model: str, prompts: Path, output: Path, **kw: Any) -> None:
     JudgeOptions,
     JudgeRunOptions,
 )
+@threaded
 def judge(answers: Path | None, output: Path | None, **kw: Any) -> None:
     """Judge ANSWERS and write refusal scores c(x) to SCORES (resumable)."""
     from bake.errors import InputError
@@ -199,6 +208,7 @@ def judge(answers: Path | None, output: Path | None, **kw: Any) -> None:
 @click.argument("prompts", type=PATH)
 @output("ACTS folder to write (safetensors shards + index.json).")
 @options(CollectOptions)
+@threaded
 def collect(model: str, prompts: Path, output: Path, **kw: Any) -> None:
     """Block-output activations of MODEL on PROMPTS, one row per prompt and layer."""
     from bake.artifacts.plan import format_layers
@@ -217,6 +227,7 @@ def collect(model: str, prompts: Path, output: Path, **kw: Any) -> None:
 @click.argument("scores", type=PATH)
 @output("VECTORS.safetensors to write.")
 @options(FitOptions, FitLayers)
+@threaded
 def fit(acts: Path, scores: Path, output: Path, **kw: Any) -> None:
     """Fit steering vectors (MD, RMD, WRMD) from ACTS and SCORES ({id, score} JSONL)."""
     from bake.stages.fit import render_diagnostics, run_fit
@@ -230,6 +241,11 @@ def fit(acts: Path, scores: Path, output: Path, **kw: Any) -> None:
         f"{counts['refusal']}, compliant {counts['compliant']}, neutral "
         f"{counts['neutral']} (held out for diagnostics: {counts['heldout']})"
     )
+    if counts.get("dropped_scores"):
+        click.echo(
+            f"note: {counts['dropped_scores']} scored prompts have no activation row and were "
+            "left out (collect them too to use them)"
+        )
 
 
 @click.command()
@@ -242,6 +258,7 @@ def fit(acts: Path, scores: Path, output: Path, **kw: Any) -> None:
     TuneFiles,
     MeasureOptions,
 )
+@threaded
 def tune(model: str, vectors_file: Path, **kw: Any) -> None:
     """Search layers and alpha; write PLAN and a tuning report (table and plots)."""
     from bake.artifacts.tuning import render_table
@@ -266,6 +283,7 @@ def tune(model: str, vectors_file: Path, **kw: Any) -> None:
 @click.command()
 @click.argument("model")
 @options(EvaluateOptions, MeasureOptions)
+@threaded
 def evaluate(model: str, **kw: Any) -> None:
     """Refusal rate per prompt set before/after steering, and benign KL."""
     from bake.artifacts.steering import open_steering

@@ -1,4 +1,5 @@
-"""The commands that ship a steered model: export, push, quantize, gguf, cvec, chat, demo.
+"""The commands that ship a steered model: export, push, quantize, gguf, cvec, chat, demo;
+and convert (a GGUF into a checkpoint folder).
 Each parses, opens what it needs, calls its export.* function and prints; its options are
 the fields of the dataclasses named in `@options`."""
 
@@ -9,9 +10,10 @@ from typing import Any
 
 import click
 
-from export.cli.options import PATH, build, options, output
+from export.cli.options import PATH, build, options, output, threaded
 from export.demo import DemoOptions
 from export.llamacpp.chat import ChatOptions
+from export.llamacpp.convert import ConvertOptions
 from export.llamacpp.cvec import CvecOptions
 from export.llamacpp.quantize import QuantizeOptions
 from export.llamacpp.writer import GgufOptions
@@ -24,6 +26,7 @@ from export.publish.push import PushOptions
 @click.argument("plan_file", metavar="PLAN", type=PATH)
 @output("Folder that receives NAME/ and NAME-GGUF/.")
 @options(ExportOptions)
+@threaded
 def export_cmd(model: str, plan_file: Path, output: Path, **kw: Any) -> None:
     """Bake, verify and write publishable folders: OUTPUT/NAME and OUTPUT/NAME-GGUF."""
     from bake.artifacts.steering import open_steering
@@ -87,7 +90,21 @@ def cvec(plan_file: Path, output: Path, **kw: Any) -> None:
 
 @click.command()
 @click.argument("gguf_file", metavar="FILE.gguf", type=PATH)
+@output("Folder to write the transformers checkpoint to.")
+@options(ConvertOptions)
+@threaded
+def convert(gguf_file: Path, output: Path, **kw: Any) -> None:
+    """Convert a GGUF into a transformers checkpoint folder (dequantized safetensors,
+    tokenizer, chat template, license), checked against llama.cpp."""
+    from export.llamacpp.convert import run_convert
+
+    click.echo(run_convert(gguf_file, output, **vars(build(ConvertOptions, kw))).summary())
+
+
+@click.command()
+@click.argument("gguf_file", metavar="FILE.gguf", type=PATH)
 @options(ChatOptions)
+@threaded
 def chat(gguf_file: Path, **kw: Any) -> None:
     """Chat with a GGUF in llama.cpp, with its own chat template (/exit to quit)."""
     from export.llamacpp.chat import run_chat
@@ -103,6 +120,7 @@ def chat(gguf_file: Path, **kw: Any) -> None:
 @click.command()
 @click.option("-o", "--output", type=PATH, default=Path("demo-out"), show_default=True)
 @options(DemoOptions)
+@threaded
 def demo(output: Path, **kw: Any) -> None:
     """Run the whole pipeline on the embedded toy model, every artifact into OUTPUT."""
     from export.demo import run_demo
@@ -110,4 +128,4 @@ def demo(output: Path, **kw: Any) -> None:
     run_demo(output, overwrite=build(DemoOptions, kw).overwrite)
 
 
-COMMANDS = [export_cmd, push, quantize, gguf, cvec, chat, demo]
+COMMANDS = [export_cmd, push, quantize, gguf, cvec, chat, convert, demo]

@@ -40,6 +40,7 @@ def run_chat(
     """`steerbake chat`: one reply to `prompt`, or a loop reading user turns from stdin.
     write(text, newline) prints; read(prompt) returns the next user turn (EOFError ends)."""
     write = write or _print
+    warn_without_chat_template(gguf_path)
     with LlamaRuntime(
         gguf_path, n_ctx=n_ctx, control_vector=control_vector, scale=scale, seed=seed
     ) as rt:
@@ -72,6 +73,22 @@ def run_chat(
                 write(piece, False)
             write("", True)
             messages.append({"role": "assistant", "content": reply})
+
+
+def warn_without_chat_template(gguf_path: Path) -> None:
+    """A GGUF without tokenizer.chat_template gets llama-cpp-python's fallback format, which
+    is not the one the model was trained on: its answers may be empty or off."""
+    import gguf
+
+    from bake.errors import warn
+    from bake.files.gguf_file import read_layout
+
+    if read_layout(Path(gguf_path)).string(gguf.Keys.Tokenizer.CHAT_TEMPLATE) is None:
+        warn(
+            f"{Path(gguf_path).name} has no chat template (tokenizer.chat_template): "
+            "llama-cpp-python formats the chat its own way, which the model may not know, "
+            "and the answer may be empty; use a GGUF written with its template"
+        )
 
 
 def _print(text: str, newline: bool) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from bake.artifacts.control_vector import write_control_vector
 from bake.artifacts.plan import format_layers
-from bake.artifacts.steering import Steering
+from bake.artifacts.steering import PlanModel, Steering
 from bake.files.fileio import check_output_file
 from bake.model.checkpoint import Checkpoint
 from bake.options import OVERWRITE_HELP, opt
@@ -59,9 +59,10 @@ def run_cvec(steering: Steering, output: Path, *, overwrite: bool = False) -> Cv
     output = Path(output)
     check_output_file(output, steering_inputs(steering), overwrite=overwrite)
     write_steering_control_vector(steering, output)
-    rounding = (
-        f"rounded to the checkpoint dtype {steering.rounding}"
-        if isinstance(steering.model, Checkpoint)
-        else "float32 (pass --model to round them to the checkpoint dtype)"
-    )
+    if not isinstance(steering.model, PlanModel):
+        rounding = f"rounded to the checkpoint dtype {steering.rounding}"
+    elif steering.plan.rounding:
+        rounding = f"rounded to {steering.rounding}, the dtype the plan records"
+    else:
+        rounding = "float32 (pass --model to round them to the checkpoint dtype)"
     return CvecResult(output, steering.spec.gguf_arch, sorted(steering.layers), rounding)

@@ -177,7 +177,9 @@ def bias_vectors(layout: GgufLayout, steering: Steering) -> dict[int, np.ndarray
                     f"adds to F32/F16/BF16 biases of length {hidden} only"
                 )
             total = total + layout.read_floats(old)
-        out[layer] = total.astype(np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):
+            out[layer] = total.astype(np.float32)
+    steering.check_written({ffn_down_name(n): b for n, b in out.items()}, "F32")
     return out
 
 

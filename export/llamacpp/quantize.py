@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import math
-import os
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -27,6 +26,7 @@ from bake.errors import InputError, VerificationError
 from bake.files.fileio import atomic_write_path, check_free_space, check_output_file
 from bake.files.gguf_file import GgufLayout, TensorEntry, read_layout
 from bake.options import OVERWRITE_HELP, opt
+from bake.runtime.threads import threads as configured_threads
 
 QUANT_TYPES = ("Q8_0", "Q4_K_M")
 _FTYPE_NAMES = {"Q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "Q4_K_M": "LLAMA_FTYPE_MOSTLY_Q4_K_M"}
@@ -43,7 +43,11 @@ class QuantizeOptions:
         flags=("--type",),
         metavar="|".join(QUANT_TYPES),
     )
-    threads: int = opt(0, "Quantizer threads [default: all cores].", show_default=False)
+    threads: int = opt(
+        0,
+        "Quantizer threads [default: --threads, $STEERBAKE_THREADS or all cores].",
+        show_default=False,
+    )
     overwrite: bool = opt(False, OVERWRITE_HELP)
 
 
@@ -136,7 +140,7 @@ def _run_quantizer(inp: Path, out: Path, qtype: str, threads: int) -> None:
     llama_cpp.llama_backend_init()
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, _FTYPE_NAMES[qtype])
-    params.nthread = threads if threads > 0 else (os.cpu_count() or 1)
+    params.nthread = threads if threads > 0 else configured_threads()
     with _collect_llama_errors() as errors:
         rc = llama_cpp.llama_model_quantize(
             str(inp).encode(), str(out).encode(), ctypes.byref(params)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -354,6 +354,7 @@ def verify_gguf(
     control_vector: str | Path | None = None,
     prompts: Path | None = None,
     max_new_tokens: int = 32,
+    probe_prompts: Sequence[str] | None = None,
 ) -> GgufVerifyReport:
     """Run the three checks for a baked GGUF, or a GGUF plus control vector."""
     from transformers import AutoTokenizer
@@ -375,7 +376,7 @@ def verify_gguf(
             vectors = {k: np.asarray(v, dtype=np.float32) for k, v in steering.added.items()}
 
     tok = AutoTokenizer.from_pretrained(src)
-    probes = _probes(tok, prompts, max_new_tokens, probe_texts)
+    probes = _probes(tok, prompts, max_new_tokens, probe_texts, probe_prompts)
     base_hf, hooked_hf = transformers_runs(src, vectors, probes)
     # the companion GGUF (unsteered or baked) is written in the type under test when we can
     pair_type = info.out_type if info.out_type in OUT_TYPES else "F32"
@@ -440,9 +441,18 @@ def _comparator(gguf_type: str) -> Any:
     return compare_exact if gguf_type == "F32" else compare_lossy
 
 
-def _probes(tok: Any, prompts: Path | None, max_new_tokens: int, probe_texts: Any) -> Probes:
+def _probes(
+    tok: Any,
+    prompts: Path | None,
+    max_new_tokens: int,
+    probe_texts: Any,
+    builtin: Sequence[str] | None = None,
+) -> Probes:
+    """Chat-formatted probes (the built-in ones, or `builtin`, plus a prompt file) with
+    transformers' token ids."""
     items = []
-    for pid, text in probe_texts(tok, prompts):
+    texts = probe_texts(tok, prompts) if builtin is None else probe_texts(tok, prompts, builtin)
+    for pid, text in texts:
         ids = tok(text, add_special_tokens=False).input_ids
         if not ids:
             raise InputError(f"probe {pid} tokenizes to nothing; remove empty prompts")

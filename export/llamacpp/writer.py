@@ -39,7 +39,7 @@ from bake.files.gguf_file import STEERBAKE_PLAN_KEY, STEERBAKE_VERSION_KEY, ffn_
 from bake.files.tensor_bytes import bf16_bits_to_f32, f32_to_bf16_bits
 from bake.model.arch import ARCHITECTURES, ArchSpec
 from bake.model.checkpoint import Checkpoint, TensorInfo, open_checkpoint
-from bake.model.resolve import resolve_model
+from bake.model.resolve import TOY_NAME, resolve_model
 from bake.options import OVERWRITE_HELP, opt
 from export.llamacpp.cvec import steering_inputs
 
@@ -219,7 +219,9 @@ def plan_biases(steering: Steering) -> dict[int, np.ndarray]:
             f"{ckpt.path} already has down_proj biases ({baked[0]}, ...): it looks "
             "baked already; convert it without --plan, or bake the original model"
         )
-    return {layer: np.asarray(v, np.float32) for layer, v in steering.rounded.items()}
+    biases = {layer: np.asarray(v, np.float32) for layer, v in steering.rounded.items()}
+    steering.check_written({ffn_down_name(n): b for n, b in biases.items()}, "F32")
+    return biases
 
 
 # --------------------------------------------------------------------------- hyperparameters
@@ -679,4 +681,5 @@ def run_gguf(
     from bake.artifacts.steering import open_steering
 
     steering = open_steering(model, plan) if plan is not None else None
-    return convert_to_gguf(model, output, out_type, steering, overwrite=overwrite).summary()
+    summary = convert_to_gguf(model, output, out_type, steering, overwrite=overwrite).summary()
+    return summary + (f" (no MODEL given: the default, {TOY_NAME})" if model is None else "")

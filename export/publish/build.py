@@ -35,8 +35,10 @@ from bake.artifacts.steering import Steering
 from bake.artifacts.steering_dir import STEERING_DIR, write_plan_copy
 from bake.errors import OutputError, VerificationError
 from bake.files.fileio import atomic_output_dir, fast_copy, sha256_file
+from bake.files.jsonio import dumps
 from export.llamacpp.cvec import write_steering_control_vector
 from export.llamacpp.verify import GgufVerifyReport
+from export.llamacpp.verify_source import SourceVerifyReport
 from export.publish.cards import CARD_FILE, CardInput, FileEntry, human_size, write_card
 from export.publish.job import (
     FLOAT_TYPES,
@@ -50,6 +52,7 @@ from export.publish.job import (
 )
 
 T = TypeVar("T")
+AnyGgufReport = GgufVerifyReport | SourceVerifyReport
 
 
 @dataclass
@@ -104,6 +107,8 @@ def run_export(
 
 
 def _build(job: ExportJob) -> dict[str, list[FileEntry]]:
+    if job.model_dir is None:
+        return _build_from_gguf(job)
     folders: dict[str, list[FileEntry]] = {}
     opts = job.opts
     with (
@@ -122,6 +127,19 @@ def _build(job: ExportJob) -> dict[str, list[FileEntry]]:
                     tmp_gguf, job, models.result(), stages
                 )
     return folders
+
+
+def _build_from_gguf(job: ExportJob) -> dict[str, list[FileEntry]]:
+    """MODEL is a GGUF: only the GGUF folder, that file steered, its reports beside it."""
+    with (
+        _Stages(_stage_names(job), job.opts.progress) as stages,
+        atomic_output_dir(job.gguf_dir, overwrite=job.opts.overwrite) as tmp,
+    ):
+        models = _write_gguf_models(tmp, job, stages, threading.Event())
+        for dest, path in job.reports.items():
+            (tmp / STEERING_DIR / dest).parent.mkdir(parents=True, exist_ok=True)
+            fast_copy(path, tmp / STEERING_DIR / dest)
+        return {str(job.gguf_dir): build_gguf_folder(tmp, job, models, stages)}
 
 
 @contextmanager
@@ -204,7 +222,7 @@ def build_model_folder(tmp: Path, job: ExportJob, stages: _Stages) -> VerifyRepo
         staging.rmdir()
     for dest, path in job.reports.items():
         (tmp / STEERING_DIR / dest).parent.mkdir(parents=True, exist_ok=True)
-        fast_copy(path, tmp / STEERING_DIR / dest)
+        _copy_report(path, tmp / STEERING_DIR / dest)
     if job.opts.skip_verify:
         return None
     with stages.stage("verify (transformers)"):
@@ -238,7 +256,7 @@ def _card(
     route: str,
     *,
     verify: VerifyReport | None = None,
-    gguf_verify: dict[str, GgufVerifyReport] | None = None,
+    gguf_verify: dict[str, AnyGgufReport] | None = None,
 ) -> CardInput:
     """A card without its file list (filled in by _finish_folder)."""
     gguf = job.gguf
@@ -329,7 +347,7 @@ def build_gguf_folder(
         with stages.stage("control vector"):
             write_steering_control_vector(job.steering, tmp / gguf.control_vector)
     write_plan_copy(job.steering, tmp / STEERING_DIR)
-    reports: dict[str, GgufVerifyReport] = {}
+    reports: dict[str, AnyGgufReport] = {}
     if gguf.verify:
         reports = _verify_ggufs(tmp, job, list(models), stages)
     card = _card(job, "gguf", gguf.route, gguf_verify=reports)
@@ -398,21 +416,31 @@ def _from_base_gguf(tmp: Path, job: ExportJob, gguf: GgufJob, stages: _Stages) -
 
 def _verify_ggufs(
     tmp: Path, job: ExportJob, models: list[str], stages: _Stages
-) -> dict[str, GgufVerifyReport]:
+) -> dict[str, AnyGgufReport]:
     """llama.cpp vs transformers + hooks for every model GGUF. Float builds must pass;
     quantized ones are reported as measured (quantization is expected to move logits)."""
     from export.llamacpp.verify import verify_gguf
 
     assert job.gguf is not None
     cv_name = job.gguf.control_vector
-    reports = {}
+    reports: dict[str, AnyGgufReport] = {}
     for i, name in enumerate(models):
         with stages.stage(f"verify GGUF {i + 1}/{len(models)} (llama.cpp)"):
+            cv = tmp / cv_name if cv_name else None
+            if job.from_gguf:
+                from export.llamacpp.verify_source import verify_from_source
+
+                source = verify_from_source(
+                    job.steering, tmp / name, control_vector=cv, prompts=job.opts.prompts
+                )
+                _write_json(tmp / STEERING_DIR / f"verify-{Path(name).stem}.json", source.to_json())
+                if not source.passed:
+                    failed = "; ".join(f"{c.name}: {c.detail}" for c in source.checks if not c.ok)
+                    raise VerificationError(f"{name} does not match its steering ({failed})")
+                reports[name] = source
+                continue
             report = verify_gguf(
-                job.steering,
-                tmp / name,
-                control_vector=tmp / cv_name if cv_name else None,
-                prompts=job.opts.prompts,
+                job.steering, tmp / name, control_vector=cv, prompts=job.opts.prompts
             )
         report.model = job.source.base_model or job.source.name
         report.gguf, report.control_vector = name, cv_name
@@ -433,4 +461,13 @@ def _verify_ggufs(
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    path.write_text(json.dumps(data, indent=2) + "\n")
+    path.write_text(dumps(data, indent=2) + "\n")
+
+
+def _copy_report(src: Path, dest: Path) -> None:
+    """A report into steering/: JSON rewritten with NaN as null (older tuning reports hold
+    bare NaN, which is not JSON), other files copied as they are."""
+    if src.suffix == ".json":
+        _write_json(dest, json.loads(src.read_text(encoding="utf-8")))
+    else:
+        fast_copy(src, dest)

@@ -30,11 +30,33 @@ from bake.model.fingerprint import Fingerprint
 
 if TYPE_CHECKING:
     from export.llamacpp.verify import GgufVerifyReport
+    from export.llamacpp.verify_source import SourceVerifyReport
+
+    AnyGgufReport = GgufVerifyReport | SourceVerifyReport
 
 CARD_FILE = "README.md"
 TEMPLATE = "steered_model.md.jinja"
 PIPELINE_TAG = "text-generation"
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# The Hub's license identifiers (huggingface.co/docs/hub/repositories-licenses); any other
+# license is written as `other`, with its name and an https license_link when the source
+# card gives them.
+_HUB_LICENSE_IDS = """
+apache-2.0 mit openrail bigscience-openrail-m creativeml-openrail-m
+bigscience-bloom-rail-1.0 bigcode-openrail-m afl-3.0 artistic-2.0 bsl-1.0 bsd bsd-2-clause
+bsd-3-clause bsd-3-clause-clear c-uda cc cc0-1.0 cc-by-2.0 cc-by-2.5 cc-by-3.0 cc-by-4.0
+cc-by-sa-3.0 cc-by-sa-4.0 cc-by-nc-2.0 cc-by-nc-3.0 cc-by-nc-4.0 cc-by-nd-4.0
+cc-by-nc-nd-3.0 cc-by-nc-nd-4.0 cc-by-nc-sa-2.0 cc-by-nc-sa-3.0 cc-by-nc-sa-4.0
+cdla-sharing-1.0 cdla-permissive-1.0 cdla-permissive-2.0 wtfpl ecl-2.0 epl-1.0 epl-2.0
+etalab-2.0 eupl-1.1 eupl-1.2 agpl-3.0 gfdl gpl gpl-2.0 gpl-3.0 lgpl lgpl-2.1 lgpl-3.0 isc
+h-research intel-research lppl-1.3c ms-pl apple-ascl apple-amlr mpl-2.0 odc-by odbl
+openmdw-1.0 openrail++ osl-3.0 postgresql ofl-1.1 ncsa unlicense zlib pddl lgpl-lr
+deepfloyd-if-license fair-noncommercial-research-license llama2 llama3 llama3.1 llama3.2
+llama3.3 llama4 grok2-community gemma unknown other
+"""
+HUB_LICENSES = frozenset(_HUB_LICENSE_IDS.split())
+LANGUAGE = re.compile(r"^[a-z]{2,3}(?:-(?:[A-Z]{2}|[A-Z][a-z]{3}|[0-9]{3}))?$")  # ISO 639-1/3
+_LICENSE_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 _CACHE_DIR = re.compile(r"^models--([^/]+?)--(.+)$")  # huggingface_hub cache layout
 
 
@@ -89,18 +111,61 @@ def source_record(src: Path, model_spec: str | None, base_model_id: str | None) 
         )
     meta = _front_matter(src / CARD_FILE)
     name = hub_id.split("/")[-1] if hub_id else _folder_name(src, model_spec)
-    language = meta.get("language")
-    if isinstance(language, str):
-        language = [language]
+    license, license_name, license_link = _license(meta, warnings)
     return SourceRecord(
         base_model=hub_id,
         name=name,
-        license=_str_or_none(meta.get("license")),
-        license_name=_str_or_none(meta.get("license_name")),
-        license_link=_str_or_none(meta.get("license_link")),
-        language=[str(x) for x in language] if isinstance(language, list) else None,
+        license=license,
+        license_name=license_name,
+        license_link=license_link,
+        language=_languages(meta.get("language"), warnings),
         warnings=tuple(warnings),
     )
+
+
+def _license(meta: dict[str, Any], warnings: list[str]) -> tuple[str | None, ...]:
+    """(license, license_name, license_link) for the cards from the source's card: a Hub
+    license id as it is; anything else `other`, named by the source's license_name (or its
+    license, when either is a plain identifier), linked only by an https license_link."""
+    license = _str_or_none(meta.get("license"))
+    name = _str_or_none(meta.get("license_name"))
+    link = _str_or_none(meta.get("license_link"))
+    if link and not _https_url(link):
+        warnings.append(
+            f"the source card's license_link {link[:80]!r} is not an https URL: left out"
+        )
+        link = None
+    if license is None:
+        return None, None, link
+    if license in HUB_LICENSES and license != "other":
+        return license, None, link
+    if license != "other":
+        warnings.append(
+            f"the source card's license {license[:80]!r} is not a Hub license id: the cards "
+            "say `other`" + (" and link the source's license" if link else "")
+        )
+    candidates = [x for x in (name, license) if x and _LICENSE_NAME.match(x) and x != "other"]
+    return "other", (candidates[0] if candidates else None), link
+
+
+def _https_url(text: str) -> bool:
+    from urllib.parse import urlparse
+
+    url = urlparse(text)
+    return url.scheme == "https" and bool(url.netloc) and not re.search(r"[\s<>\"'`]", text)
+
+
+def _languages(value: Any, warnings: list[str]) -> list[str] | None:
+    """ISO 639-1/639-3 codes (2-3 lower-case letters, optionally a region or script, e.g.
+    en, fil, pt-BR, zh-Hant) from the source's `language`; others are left out."""
+    values = [value] if isinstance(value, str) else value
+    if not isinstance(values, list):
+        return None
+    codes = [str(x) for x in values if isinstance(x, str) and LANGUAGE.match(x)]
+    dropped = [str(x)[:20] for x in values if not (isinstance(x, str) and LANGUAGE.match(x))]
+    if dropped:
+        warnings.append(f"the source card's language {dropped!r}: not ISO 639 codes, left out")
+    return codes or None
 
 
 def _id_from_spec(spec: str | None) -> str | None:
@@ -176,7 +241,7 @@ class CardInput:
     steerbake_version: str
     files: list[FileEntry]
     verify: VerifyReport | None = None  # PyTorch report (checkpoint, adapter)
-    gguf_verify: dict[str, GgufVerifyReport] = field(default_factory=dict)  # file -> report
+    gguf_verify: dict[str, AnyGgufReport] = field(default_factory=dict)  # file -> report
     gguf_notes: list[str] = field(default_factory=list)  # why a type or check was skipped
     evaluation: EvaluationReport | None = None  # `steerbake evaluate` report
     control_vector: str | None = None  # file name beside unsteered GGUFs
@@ -204,9 +269,19 @@ def human_size(n: int) -> str:
     raise AssertionError("unreachable")
 
 
+def text(value: Any) -> str:
+    """Text from an input (a report, the source's card, a file name) safe in Markdown prose:
+    no HTML (a `<` that could open a tag and an `&` that could open an entity are escaped;
+    "<= 0.01" stays as it is) and no links (`[` and `]` escaped)."""
+    out = str(value).replace("\\", "\\\\")
+    out = re.sub(r"&(?=[A-Za-z#])", "&amp;", out)
+    out = re.sub(r"<(?=[A-Za-z/!?])", "&lt;", out)
+    return out.replace("[", "\\[").replace("]", "\\]")
+
+
 def cell(value: Any) -> str:
-    """Text safe inside a Markdown table cell: no pipes, no line breaks."""
-    return str(value).replace("|", "\\|").replace("\n", " ")
+    """Text safe inside a Markdown table cell: `text`, no pipes, no line breaks."""
+    return text(value).replace("|", "\\|").replace("\r", " ").replace("\n", " ")
 
 
 def _num(x: Any, fmt: str = ".3g") -> str:
@@ -322,11 +397,16 @@ def evaluation_rows(
     return "tuning", rows, kl
 
 
+def _check_cells(check: Any) -> dict[str, Any]:
+    """A report's check as table cells (its strings escaped)."""
+    return {"name": cell(check.name), "ok": check.ok, "detail": cell(check.detail)}
+
+
 def verify_row(report: VerifyReport) -> dict[str, str]:
     return {
-        "runtime": report.runtime,
-        "dtype": report.dtype,
-        "device": report.device,
+        "runtime": cell(report.runtime),
+        "dtype": cell(report.dtype),
+        "device": cell(report.device),
         "prompts": str(report.prompts),
         "max": _num(report.max_abs_diff),
         "mean": _num(report.mean_abs_diff),
@@ -386,6 +466,7 @@ def template_values(card: CardInput) -> dict[str, Any]:
         "eval_judge": cell(card.evaluation.judge if card.evaluation else "not recorded"),
         "eval_decoding": cell(card.evaluation.decoding if card.evaluation else "not recorded"),
         "fitted": plan.provenance.get("method") in ("md", "rmd", "wrmd"),
+        "labels_source": _labels_source(plan.provenance),
         "steering_rows": steering_rows(card),
         "prov": provenance_facts(plan.provenance, card.evaluation),
         "eval_source": eval_source,
@@ -393,10 +474,10 @@ def template_values(card: CardInput) -> dict[str, Any]:
         "kl": kl,
         "verify": verify_row(card.verify) if card.verify else None,
         "gguf_verify": [
-            {"file": name, "checks": r.checks, "passed": r.passed}
+            {"file": name, "checks": [_check_cells(c) for c in r.checks], "passed": r.passed}
             for name, r in sorted(card.gguf_verify.items())
         ],
-        "gguf_notes": card.gguf_notes,
+        "gguf_notes": [text(note) for note in card.gguf_notes],
         "gguf_rel_tol": _num(next((r.rel_tolerance for r in card.gguf_verify.values()), None), "g"),
         "files": card.files,
         "gguf_models": models,
@@ -408,10 +489,16 @@ def template_values(card: CardInput) -> dict[str, Any]:
     }
 
 
+def _labels_source(prov: dict[str, Any]) -> str | None:
+    """'labels from FILE' when the vectors were fitted on labels rather than judged answers."""
+    source = str(prov.get("scores_source") or "")
+    return cell(source) if source.startswith("labels from") else None
+
+
 def _base_display(src: SourceRecord) -> str:
     if src.base_model:
         return f"[{src.base_model}](https://huggingface.co/{src.base_model})"
-    return f"the source model ({src.name})"
+    return f"the source model ({text(src.name)})"
 
 
 def _example_gguf(models: list[str]) -> str:

@@ -30,6 +30,7 @@ from bake.errors import InputError, UnsupportedError
 from bake.files.fileio import check_output_dir
 from bake.model.arch import choose_route
 from bake.model.checkpoint import Checkpoint
+from bake.model.gguf_model import GgufModel
 from bake.options import opt
 from export.publish.cards import CARD_FILE, SourceRecord, source_record
 
@@ -113,6 +114,7 @@ class GgufJob:
     verify: bool
     control_vector: str | None  # file name of the control vector, when the route needs one
     notes: list[str] = field(default_factory=list)  # skipped types and checks, for the card
+    reports: list[str] = field(default_factory=list)  # steering/ reports (GGUF MODEL only)
 
     @property
     def models(self) -> list[str]:
@@ -129,6 +131,7 @@ class GgufJob:
         steering = [f"{STEERING_DIR}/{PLAN_FILE}", f"{STEERING_DIR}/{VECTORS_FILE}"]
         extra = [self.control_vector] if self.control_vector else []
         own = [*self.models, *extra, *steering, *(verify if self.verify else [])]
+        own += [f"{STEERING_DIR}/{dest}" for dest in self.reports]
         return sorted([*own, CARD_FILE, SUMS_FILE])
 
 
@@ -143,7 +146,7 @@ class ExportJob:
     reports: dict[str, Path]  # steering/ path -> source file
     evaluation: EvaluationReport | None
     gguf: GgufJob | None
-    model_dir: Path
+    model_dir: Path | None  # None: MODEL is a GGUF, only the GGUF folder is written
     gguf_dir: Path
     opts: ExportOptions
     notes: list[str] = field(default_factory=list)
@@ -151,6 +154,11 @@ class ExportJob:
     @property
     def checkpoint(self) -> Checkpoint:
         return self.steering.checkpoint
+
+    @property
+    def from_gguf(self) -> bool:
+        """MODEL is a GGUF: that same file is steered (its quantization kept)."""
+        return self.model_dir is None
 
     def model_files(self) -> list[str]:
         writer = adapter if self.route == "adapter" else bias_checkpoint
@@ -162,7 +170,7 @@ class ExportJob:
 
     def files(self) -> dict[Path, list[str]]:
         """Output folder -> the files it will hold, relative to it."""
-        out = {self.model_dir: self.model_files()}
+        out = {self.model_dir: self.model_files()} if self.model_dir is not None else {}
         if self.gguf is not None:
             out[self.gguf_dir] = self.gguf.files()
         return out
@@ -172,15 +180,14 @@ def plan_export(
     steering: Steering, output: Path, opts: ExportOptions, model_spec: str | None = None
 ) -> ExportJob:
     """Check every input and decide every file; nothing is written, no weight is read."""
+    if isinstance(steering.model, GgufModel):
+        return plan_gguf_export(steering, output, opts, model_spec)
     ckpt = steering.checkpoint
     route = choose_route(ckpt.spec, opts.route)
     source = source_record(ckpt.path, model_spec, opts.base_model_id)
     name = check_name(opts.name or f"{source.name}-steered")
     reports = read_reports(steering.plan_file, opts)
-    evaluation = None
-    if opts.eval_report is not None:
-        data = json.loads(Path(opts.eval_report).read_text(encoding="utf-8"))
-        evaluation = EvaluationReport.from_json(data, str(opts.eval_report))
+    evaluation = _evaluation(opts)
     gguf = plan_gguf(steering, opts, name, source.name)
     model_dir, gguf_dir = Path(output) / name, Path(output) / f"{name}{GGUF_SUFFIX}"
     check_output_dir(model_dir, overwrite=opts.overwrite, sources=(ckpt.path,))
@@ -191,6 +198,53 @@ def plan_export(
     return ExportJob(
         steering, source, name, route, reports, evaluation, gguf, model_dir, gguf_dir, opts, notes
     )
+
+
+def plan_gguf_export(
+    steering: Steering, output: Path, opts: ExportOptions, model_spec: str | None
+) -> ExportJob:
+    """MODEL is a GGUF: steer that file (patched where llama.cpp has the ffn_down bias slot,
+    copied beside a control vector otherwise), keeping its quantization; only the GGUF
+    folder is written."""
+    from bake.artifacts.control_vector import BLOCK0_REASON
+
+    model = steering.model
+    assert isinstance(model, GgufModel)
+    if opts.gguf_types is not None or opts.base_gguf is not None or not opts.gguf:
+        raise InputError(
+            "MODEL is a GGUF: the export steers that file as it is, so --gguf-types, "
+            "--base-gguf and --no-gguf do not apply (quantize afterwards with `steerbake "
+            "quantize`, or convert the GGUF to a checkpoint with `steerbake convert`)"
+        )
+    spec = steering.spec
+    if not spec.gguf_bias_slot and 0 in steering.layers:
+        raise InputError(f"the plan steers block 0 and {BLOCK0_REASON}; tune without block 0")
+    source = source_record(model.path.parent, model_spec, opts.base_model_id)
+    name = check_name(opts.name or f"{model.path.stem}-steered")
+    route = "bias" if spec.gguf_bias_slot else "control-vector"
+    verify, notes = _gguf_verify_available(opts)
+    cv = f"{name}-control-vector.gguf" if route == "control-vector" else None
+    notes.append(
+        f"no safetensors build: MODEL is a GGUF; `steerbake convert {model.path.name} -o DIR` "
+        "writes a checkpoint to bake and export"
+    )
+    reports = read_reports(steering.plan_file, opts)
+    gguf = GgufJob(route, name, [], [], None, model.path, _gguf_file_type(model.path), verify, cv)
+    gguf.notes, gguf.reports = notes, list(reports)
+    gguf_dir = Path(output) / f"{name}{GGUF_SUFFIX}"
+    check_output_dir(gguf_dir, overwrite=opts.overwrite, sources=(model.path,))
+    evaluation = _evaluation(opts)
+    return ExportJob(
+        steering, source, name, route, reports, evaluation, gguf, None, gguf_dir, opts,
+        [*source.warnings, *notes],
+    )  # fmt: skip
+
+
+def _evaluation(opts: ExportOptions) -> EvaluationReport | None:
+    if opts.eval_report is None:
+        return None
+    data = json.loads(Path(opts.eval_report).read_text(encoding="utf-8"))
+    return EvaluationReport.from_json(data, str(opts.eval_report))
 
 
 def check_name(name: str) -> str:

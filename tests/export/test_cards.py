@@ -289,6 +289,16 @@ def test_evaluation_from_report_and_from_tuning(tmp_path: Path) -> None:
     assert "by hand (the plan has no tuning record)" in neither
 
 
+def test_card_says_when_the_vectors_came_from_labels(tmp_path: Path) -> None:
+    card = make_card(tmp_path)
+    judged = render_card(card)
+    assert "answers were scored by a judge" in judged
+    card.steering.plan.provenance["scores_source"] = "labels from categories.jsonl"
+    labelled = render_card(card)
+    assert "answers were scored by a judge" not in labelled
+    assert "fitted on labels from categories.jsonl" in labelled
+
+
 def test_steering_table_gives_units_and_norms(tmp_path: Path) -> None:
     card = make_card(tmp_path)
     text = render_card(card)

@@ -20,7 +20,7 @@ import pytest
 
 from bake.artifacts.answers import read_answers
 from bake.errors import InputError
-from bake.judges.backends import PatternJudge
+from bake.judges.backends import PATTERN_VERSION, PatternJudge
 from bake.judges.cache import JudgeCache
 from bake.judges.calibration import CALIBRATION_SETS, calibrate, load_labelled, shipped_set
 from bake.judges.pattern import _normalise, looks_corrupted, pattern_verdict
@@ -205,6 +205,28 @@ def test_pattern_judge_cli_writes_scores(tmp_path: Path) -> None:
     assert second["score"] == -1.0 and second["label"] == "compliance"
     assert "refusal 50.0%  neutral 0.0%  compliance 50.0%" in proc.stdout
     assert "error rate 0.0%" in proc.stdout
+
+
+def test_judge_records_its_provenance_beside_the_scores(tmp_path: Path) -> None:
+    """SCORES.jsonl.provenance.json names the judge and rubric; a vector file fitted on
+    them says so, and one fitted on a bare label file says it holds labels."""
+    from bake.artifacts.scores import provenance_path, scores_source
+    from bake.judges.rubric import RUBRIC_VERSION
+
+    answers = _answers_file(tmp_path / "a.jsonl", [("Hi?", [("Hello!", -0.5)])])
+    out = tmp_path / "scores.jsonl"
+    run_cli("judge", str(answers), "-o", str(out), "--backend", "pattern", check=True)
+    record = json.loads(provenance_path(out).read_text())
+    assert record["judge"].startswith("pattern") and record["rubric_version"] == RUBRIC_VERSION
+    assert record["answers"] == "a.jsonl" and len(record["answers_sha256"]) == 64
+    assert scores_source(out) == {
+        "scores_source": "judged answers",
+        "judge": record["judge"],
+        "rubric_version": RUBRIC_VERSION,
+    }
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text(out.read_text())
+    assert scores_source(labels) == {"scores_source": "labels from labels.jsonl"}
 
 
 @pytest.mark.parametrize(
@@ -530,7 +552,7 @@ def test_lexicon_marks_text_outside_the_models_words_as_corrupted(tmp_path: Path
     assert judge.judge("How is the climate?", fluent)[0] == -1
     assert judge.judge("How is the climate?", broken)[0] == 1
     assert PatternJudge().judge("How is the climate?", broken)[0] == -1  # no lexicon: blind
-    assert judge.model_id.startswith("pattern-2+lexicon:words.txt:")
+    assert judge.model_id.startswith(f"{PATTERN_VERSION}+lexicon:words.txt:")
     (tmp_path / "empty.txt").write_text("\n")
     with pytest.raises(InputError, match="empty; give one word per line"):
         PatternJudge(tmp_path / "empty.txt")

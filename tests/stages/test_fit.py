@@ -314,6 +314,23 @@ def test_score_ids_without_activations_are_refused(synthetic, tmp_path: Path) ->
         run_fit(acts, scores, tmp_path / "v.safetensors", FitOptions(), progress=False)
 
 
+def test_scores_for_more_prompts_than_activations_are_dropped_and_counted(
+    synthetic, tmp_path: Path
+) -> None:
+    """Judging a whole prompt file and collecting half of it is normal: the prompts in both
+    files are used, the others counted."""
+    acts, _scores, ids, c, _ = synthetic
+    extra = [f"other{i}" for i in range(7)]
+    scores = write_scores(tmp_path / "more.jsonl", [*ids, *extra], np.concatenate([c, c[:7]]))
+    vecs = run_fit(acts, scores, tmp_path / "v.safetensors", FitOptions(), progress=False)
+    counts = vecs.provenance["counts"]
+    assert counts["dropped_scores"] == 7
+    assert counts["refusal"] + counts["compliant"] + counts["neutral"] == len(ids)
+    assert vecs.provenance["scores_source"] == "labels from more.jsonl"
+    proc = run_cli("fit", str(acts), str(scores), "-o", str(tmp_path / "w.safetensors"))
+    assert proc.returncode == 0 and "7 scored prompts have no activation row" in proc.stdout
+
+
 def test_too_small_sets_name_the_counts(synthetic, tmp_path: Path) -> None:
     acts, _scores, ids, c, _ = synthetic
     few = c.copy()
