@@ -44,12 +44,17 @@ class DemoConfig:
     layer_counts: tuple[int, ...] | None = None
 
 
+STEP_SECONDS: dict[str, float] = {}  # step title -> seconds, of the run in progress
+
+
 @contextmanager
 def _step(n: int, title: str) -> Iterator[None]:
     click.secho(f"[{n}/9] {title}", bold=True)
     start = time.perf_counter()
     yield
-    click.echo(f"      done in {time.perf_counter() - start:.1f} s")
+    seconds = time.perf_counter() - start
+    STEP_SECONDS[title.split(":")[0]] = round(seconds, 2)
+    click.echo(f"      done in {seconds:.1f} s")
 
 
 def _copy_sets(dest: Path, limit: int | None, fit_limit: int | None) -> dict[str, Path]:
@@ -101,8 +106,10 @@ def run_demo(
         shutil.rmtree(output)
     output.mkdir(parents=True)
     start = time.perf_counter()
+    STEP_SECONDS.clear()
     summary = _pipeline(model, output, cfg)
     summary["seconds"] = time.perf_counter() - start
+    summary["step_seconds"] = dict(STEP_SECONDS)
     (output / "demo_summary.json").write_text(dumps(summary, indent=2) + "\n")
     echo(render_summary(summary))
     return summary
@@ -110,7 +117,7 @@ def run_demo(
 
 def _pipeline(model: Path, out: Path, cfg: DemoConfig) -> dict[str, Any]:
     from bake.artifacts.steering import open_steering
-    from bake.artifacts.tuning import ALPHA_MAGNITUDES, TuneSettings
+    from bake.artifacts.tuning import TuneSettings
     from bake.judges.backends import JudgeOptions, make_judge
     from bake.runtime.sampling import SamplingOptions, TransformersBackend
     from bake.stages.bake import run_bake
@@ -142,6 +149,7 @@ def _pipeline(model: Path, out: Path, cfg: DemoConfig) -> dict[str, Any]:
         run_judge(out / "answers.jsonl", out / "scores.jsonl", judge, cache_path=None)
     with _step(3, "activations at every block output"):
         run_collect(model, sets["fit"], out / "activations", dtype="float32")
+        styles = _style_geometry(out)
     with _step(4, "WRMD steering vectors"):
         run_fit(
             out / "activations",
@@ -152,9 +160,7 @@ def _pipeline(model: Path, out: Path, cfg: DemoConfig) -> dict[str, Any]:
             FitOptions(method="wrmd", lam=LAMBDA),
         )
     with _step(5, "tune: layers and alpha on the tuning sets"):
-        settings = TuneSettings(
-            layer_counts=cfg.layer_counts, alphas=cfg.alphas or ALPHA_MAGNITUDES
-        )
+        settings = TuneSettings(layer_counts=cfg.layer_counts, alphas=cfg.alphas)
         tuned = run_tune(
             model,
             out / "vectors.safetensors",
@@ -185,7 +191,8 @@ def _pipeline(model: Path, out: Path, cfg: DemoConfig) -> dict[str, Any]:
         "judge": judge.model_id,
         "judge_accuracy": _judge_accuracy(judge),
         "evaluation": evaluation,
-        "plan": {"layers": best.layers, "alpha": best.alpha},
+        "plan": {"layers": list(best.candidate.layers), "alpha": best.candidate.alpha},
+        "refusal_styles": styles,
         "verify": {k: report[k] for k in keys},
         "llama_cpp_sample": exported.pop("sample"),
         "artifacts": {
@@ -225,6 +232,19 @@ def _export(steering: Steering, out: Path, sensitive: Path) -> dict[str, Any]:
         answer = "".join(runtime.stream_chat(messages, max_tokens=48, temperature=0.0))
     folders = {Path(f).name: f"export/{Path(f).name}/" for f in result.folders}
     return {**folders, "sample": {"gguf": gguf.name, "prompt": prompt, "answer": answer}}
+
+
+def _style_geometry(out: Path) -> str:
+    """The toy's refusal styles as directions (`steerbake analyze` with categories, on the
+    demo's own answers and activations), as text; why not, when too few refusals."""
+    from bake.stages.refusal_styles import render_style_geometry, toy_style_geometry
+
+    try:
+        text = render_style_geometry(toy_style_geometry(out))
+    except InputError as e:
+        text = f"refusal styles: not shown ({e})"
+    click.echo(text)
+    return text
 
 
 def _short(text: str, width: int = 96) -> str:

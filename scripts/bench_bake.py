@@ -5,11 +5,19 @@ sizes, then measures, each in its own subprocess timed after its imports:
   copy   steerbake bake (shards copied)
   link   steerbake bake --link (shards symlinked)
   naive  transformers from_pretrained(mlp_bias=True) -> set biases -> save_pretrained
+and, for ablation plans (`--parts ablation`; a 4-layer plan and an all-layer plan with the
+embedding, one direction, strength 1: Arditi et al.'s setting):
+  copy   steerbake bake: shards holding changed tensors rewritten, the others copied
+  link   steerbake bake --link: the rewritten shards written, the others symlinked
+  naive  transformers from_pretrained -> W <- (I - r r^T) W in float32 -> save_pretrained
 Writes wall time and peak RSS (VmHWM of that process) to a JSON file and prints them.
 Every timed step starts after `sync`, so no step pays for the previous one's writeback;
-`cp -r` of the same folder is timed the same way as the disk's yardstick.
+`cp -r` of the same folder, and `cp` of just the shards an ablation rewrites, are timed the
+same way as the disk's yardstick.
 
     .venv/bin/python scripts/bench_bake.py --workdir /tmp/bench-bake --out bench-out/bake.json
+    .venv/bin/python scripts/bench_bake.py --parts ablation --sizes 1.1B \
+        --out bench-out/bake-ablation.json
 """
 
 from __future__ import annotations
@@ -177,6 +185,36 @@ print(json.dumps({"seconds": time.perf_counter() - t,
 )
 
 
+CHILD_NAIVE_ABLATE = (
+    PEAK
+    + """
+import json, sys, time
+import torch
+from transformers import AutoModelForCausalLM
+t = time.perf_counter()
+from bake.artifacts.steering import open_plan_only
+steering = open_plan_only(sys.argv[2])
+model = AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.bfloat16)
+with torch.no_grad():
+    for layer, p in steering.projections.items():
+        r = torch.from_numpy(p.direction).float()
+        block = model.model.layers[layer]
+        for linear in (block.self_attn.o_proj, block.mlp.down_proj):
+            w = linear.weight.float()  # (d, in)
+            linear.weight.copy_(w - p.strength * torch.outer(r, r @ w))
+    e = steering.embed_projection
+    if e is not None:
+        r = torch.from_numpy(e.direction).float()
+        emb = model.model.embed_tokens.weight
+        w = emb.float()  # (vocab, d)
+        emb.copy_(w - e.strength * torch.outer(w @ r, r))
+model.save_pretrained(sys.argv[3])
+print(json.dumps({"seconds": time.perf_counter() - t,
+                  "peak_rss_mb": peak_rss_mb()}))
+"""
+)
+
+
 def run_child(code: str, *args: str) -> dict:
     os.sync()  # start every timed step with no dirty pages left by the one before
     proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
@@ -192,13 +230,78 @@ def time_cp(src: Path, dst: Path) -> float:
     return time.perf_counter() - t
 
 
+def make_ablation_plan(folder: Path, layers: int, d: int, chosen: list[int], embed: bool) -> Path:
+    """Strength 1 along one layer's direction in every chosen block (and the embedding)."""
+    from bake.artifacts.plan import Ablation, EmbedAblation
+    from bake.artifacts.plan import make_plan as _make_plan
+    from bake.artifacts.vectors import SteeringVectors
+    from bake.model.fingerprint import Fingerprint
+
+    rng = np.random.default_rng(2)
+    folder.mkdir(parents=True, exist_ok=True)
+    raw = {i: rng.normal(size=d) for i in range(layers)}
+    SteeringVectors.from_raw(raw, Fingerprint("llama", d, layers)).save(folder / "v.safetensors")
+    source = layers // 2
+    ablation = Ablation(1.0, source, EmbedAblation(source, 1.0) if embed else None)
+    plan = _make_plan(folder / "v.safetensors", chosen, 0.0, kind="ablate", ablation=ablation)
+    plan.save(folder / "plan.json")
+    return folder / "plan.json"
+
+
+def time_cp_files(files: list[Path], dst: Path) -> float:
+    """`cp` of just these files into dst (the bytes an ablation bake must rewrite)."""
+    dst.mkdir(parents=True)
+    os.sync()
+    t = time.perf_counter()
+    subprocess.run(["cp", *map(str, files), str(dst)], check=True)
+    return time.perf_counter() - t
+
+
+def bench_ablation(work: Path, layers: int, d: int, cp_seconds: float, naive: bool) -> dict:
+    """A 4-layer plan and an all-layer plan (+ embedding): copy and link mode vs cp and the
+    naive transformers path."""
+    model = work / "model"
+    plans = {
+        "4 layers": (list(range(layers // 2 + 1, layers // 2 + 5)), False),
+        "all layers + embedding": (list(range(layers)), True),
+    }
+    out: dict = {}
+    for name, (chosen, embed) in plans.items():
+        plan = make_ablation_plan(work / f"plan-{len(chosen)}", layers, d, chosen, embed)
+        row: dict = {"layers": len(chosen), "embedding": embed}
+        for mode in ("copy", "link"):
+            dest = work / f"ablate-{mode}"
+            row[mode] = run_child(CHILD_OURS, str(model), str(plan), str(dest), mode)
+            record = json.loads((dest / "steering" / "bake.json").read_text())
+            rewritten = [model / s for s in record["rewritten_shards"]]
+            shutil.rmtree(dest)
+        row["rewritten_shards"] = len(rewritten)
+        row["rewritten_bytes"] = sum(p.stat().st_size for p in rewritten)
+        row["cp_all_seconds"] = cp_seconds
+        row["cp_rewritten_seconds"] = time_cp_files(rewritten, work / "cp-rewritten")
+        shutil.rmtree(work / "cp-rewritten")
+        row["copy_vs_cp_all"] = row["copy"]["seconds"] / cp_seconds
+        row["link_vs_cp_rewritten"] = row["link"]["seconds"] / row["cp_rewritten_seconds"]
+        if naive:
+            dest = work / "ablate-naive"
+            row["naive"] = run_child(CHILD_NAIVE_ABLATE, str(model), str(plan), str(dest))
+            shutil.rmtree(dest)
+            row["copy_speedup"] = row["naive"]["seconds"] / row["copy"]["seconds"]
+            row["copy_rss_fraction"] = row["copy"]["peak_rss_mb"] / row["naive"]["peak_rss_mb"]
+        out[name] = row
+        print(json.dumps({name: row}, indent=2), flush=True)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/bench-bake"))
     ap.add_argument("--out", type=Path, default=Path("bench-out/bake.json"))
     ap.add_argument("--sizes", default=",".join(SIZES))
     ap.add_argument("--skip-naive", action="store_true")
+    ap.add_argument("--parts", default="add,ablation", help="add, ablation or both")
     args = ap.parse_args()
+    parts = set(args.parts.split(","))
     results: dict = {"python": sys.version.split()[0], "sizes": {}}
     for name in args.sizes.split(","):
         layers, d, ff, vocab = SIZES[name]
@@ -212,12 +315,17 @@ def main() -> None:
         }
         row["cp_seconds"] = time_cp(work / "model", work / "cp-copy")
         shutil.rmtree(work / "cp-copy")
-        for mode in ("copy", "link"):
+        if "ablation" in parts:
+            row["ablation"] = bench_ablation(
+                work, layers, d, row["cp_seconds"], not args.skip_naive
+            )
+        for mode in ("copy", "link") if "add" in parts else ():
             row[mode] = run_child(
                 CHILD_OURS, str(work / "model"), str(plan), str(work / f"out-{mode}"), mode
             )
-        row["copy_vs_cp"] = row["copy"]["seconds"] / row["cp_seconds"]
-        if not args.skip_naive:
+        if "add" in parts:
+            row["copy_vs_cp"] = row["copy"]["seconds"] / row["cp_seconds"]
+        if not args.skip_naive and "add" in parts:
             row["naive"] = run_child(
                 CHILD_NAIVE, str(work / "model"), str(plan), str(work / "out-naive")
             )

@@ -10,10 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from tests.tiny_models import build_model
-
+# Set before numpy or torch is imported (tests.tiny_models imports both): their thread
+# pools read these once.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -21,6 +19,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # (also for the CLI subprocesses, which inherit it).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("STEERBAKE_THREADS", "1")  # what steerbake gives torch and llama.cpp
+
+import pytest
+
+from tests.tiny_models import build_model
 
 
 def _build(factory: pytest.TempPathFactory, name: str, **kw: object) -> Path:
@@ -45,6 +47,12 @@ def llama_tied_bf16_sharded_dir(tmp_path_factory: pytest.TempPathFactory) -> Pat
         shard_size="60KB",
         seed=1,
     )
+
+
+@pytest.fixture(scope="session")
+def llama_tied_f32_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Llama, tied embeddings, float32, one file."""
+    return _build(tmp_path_factory, "llama_tied32", family="llama", tied=True, seed=7)
 
 
 @pytest.fixture(scope="session")

@@ -39,6 +39,8 @@ STAGES = {
     "judge": ("bake.stages.judge", "run_judge"),
     "collect": ("bake.stages.collect", "run_collect"),
     "fit": ("bake.stages.fit", "run_fit"),
+    "analyze": ("bake.stages.analyze", "run_analyze"),
+    "probe": ("bake.stages.probe", "run_probe"),
     "vectors import": ("bake.stages.vectors", "run_vectors_import"),
     "vectors show": ("bake.stages.vectors", "run_vectors_show"),
     "plan": ("bake.stages.plan", "run_plan"),

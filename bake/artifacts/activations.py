@@ -3,7 +3,8 @@
   index.json               {"format": "steerbake.activations/1", "ids": [...row order],
                             "layers", "position", "model": {architecture, hidden_size,
                             num_layers, source}, "dtype": "float32", "compute_dtype",
-                            "shards": [{"file", "rows"}], "system", "chat_template"}
+                            "shards": [{"file", "rows"}], "system", "chat_template",
+                            ["categories": [...per row, null where none]]}
 Shards are written as rows arrive, so memory stays bounded by one shard; layers are read
 lazily, one at a time."""
 
@@ -53,6 +54,7 @@ class Activations:
     fingerprint: Fingerprint
     rows: dict[int, np.ndarray]  # layer -> (n, d) float32
     row_norms: dict[int, np.ndarray]  # layer -> (n,) float32
+    categories: list[str | None] | None = None  # per row, when the prompts had categories
 
     def layer(self, layer: int) -> np.ndarray:
         return self.rows[layer]
@@ -116,6 +118,19 @@ class ActivationSet:
             if not (folder / shard["file"]).is_file():
                 raise InputError(f"{folder}: shard {shard['file']} is missing; collect again")
         return acts
+
+    @property
+    def categories(self) -> list[str | None] | None:
+        """Each row's prompt category (None where it had none), or None when the prompts
+        had no categories (or the folder predates them)."""
+        found = self.index.get("categories")
+        if found is None:
+            return None
+        if not isinstance(found, list) or len(found) != len(self.ids):
+            raise InputError(
+                f"{self.path / INDEX}: 'categories' must list one entry per id; collect again"
+            )
+        return [None if c is None else str(c) for c in found]
 
     def _read(self, name: str) -> np.ndarray:
         from safetensors import SafetensorError, safe_open

@@ -1,6 +1,7 @@
 """ANSWERS.jsonl: one line per prompt, appended and fsynced as each prompt completes:
-    {"id", "prompt", "model", "backend", "samples": [{"text", "mean_logprob", "n_tokens",
-     "flagged", ["raw"]}]}
+    {"id", "prompt", "model", "backend", ["category"], "samples": [{"text", "mean_logprob",
+     "n_tokens", "flagged", ["raw"]}]}
+("category" is the prompt's, when its prompt file gives one.)
 A partially written last line (an interrupted run) is dropped when the file is read back."""
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class AnswerRecord:
     samples: list[Sample]
     model: str = ""
     backend: str = ""
+    category: str | None = None  # the prompt's category, when its file gives one
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -54,6 +56,7 @@ class AnswerRecord:
             "prompt": self.prompt,
             "model": self.model,
             "backend": self.backend,
+            **({"category": self.category} if self.category is not None else {}),
             "samples": [s.to_json() for s in self.samples],
         }
 
@@ -76,6 +79,7 @@ def _record_from_json(obj: Any, where: str) -> AnswerRecord:
             samples=samples,
             model=str(obj.get("model", "")),
             backend=str(obj.get("backend", "")),
+            category=None if obj.get("category") is None else str(obj["category"]),
         )
     except (KeyError, TypeError, ValueError, AttributeError):
         raise InputError(

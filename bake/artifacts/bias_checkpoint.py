@@ -65,7 +65,7 @@ def bias_tensors(
     return out
 
 
-def _shard_names(ckpt: Checkpoint) -> dict[str, str]:
+def shard_names(ckpt: Checkpoint) -> dict[str, str]:
     """Source shard -> output name. A single model.safetensors is renamed, because
     transformers reads model.safetensors before the index and would miss the biases."""
     if ckpt.indexed:
@@ -89,17 +89,17 @@ def write_bias_checkpoint(
         )
     biases = bias_tensors(ckpt, steering.added)
     steering.check_written({n: decode(raw, tag) for n, (tag, _, raw) in biases.items()}, ckpt.dtype)
-    names = _shard_names(ckpt)
+    names = shard_names(ckpt)
     bias_shard = bias_shard_name(ckpt)
     new_bytes = sum(len(raw) for _, _, raw in biases.values())
     check_free_space(output.parent, (0 if link else ckpt.shard_bytes()) + new_bytes + (1 << 20))
     with atomic_output_dir(output, overwrite=overwrite) as tmp:
-        known = _carry_shards(ckpt, names, tmp, link)
+        known = carry_shards(ckpt, names, tmp, link)
         write_safetensors(tmp / bias_shard, biases)
         _write_index(ckpt, names, biases, bias_shard, tmp)
         config = dict(ckpt.config, **{spec.bias_flag: True})
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        _copy_other_files(ckpt.path, tmp)
+        copy_other_files(ckpt.path, tmp)
         write_steering_dir(
             steering,
             tmp,
@@ -109,17 +109,16 @@ def write_bias_checkpoint(
         return file_sizes(tmp)
 
 
-def _carry_shards(
-    ckpt: Checkpoint, names: dict[str, str], dest: Path, link: bool
-) -> dict[str, str]:
-    """Copy (or symlink) every shard; returns sha256 per copied output name.
+def carry_shards(ckpt: Checkpoint, names: dict[str, str], dest: Path, link: bool) -> dict[str, str]:
+    """Copy (or symlink) the shards `names` lists (source -> output name); returns sha256
+    per copied output name.
 
     Each source byte is read once: copy_hashed hashes and writes it from the same memory
     (the source's mapped pages, or one buffer), the hash and the write each in a thread of
     their own, while the next chunk is taken."""
     from tqdm import tqdm
 
-    total = ckpt.shard_bytes()
+    total = sum((ckpt.path / s).stat().st_size for s in names)
     hashes = {}
     with tqdm(
         total=total,
@@ -177,7 +176,7 @@ def skipped_weights(src: Path) -> list[str]:
     return [p.name for p in sorted(src.iterdir()) if p.is_file() and is_other_weights(p.name)]
 
 
-def _copy_other_files(src: Path, dest: Path) -> None:
+def copy_other_files(src: Path, dest: Path) -> None:
     skipped = skipped_weights(src)
     if skipped:
         warn(
@@ -194,6 +193,6 @@ def bias_shard_name(ckpt: Checkpoint) -> str:
 
 def planned_files(ckpt: Checkpoint) -> list[str]:
     """The files write_bias_checkpoint writes, relative to the output, sorted."""
-    weights = [*_shard_names(ckpt).values(), bias_shard_name(ckpt), SAFE_INDEX, "config.json"]
+    weights = [*shard_names(ckpt).values(), bias_shard_name(ckpt), SAFE_INDEX, "config.json"]
     extra = [*other_files(ckpt.path), *steering_dir_files(), "SHA256SUMS"]
     return sorted([*weights, *extra])

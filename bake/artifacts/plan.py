@@ -8,6 +8,17 @@ JSON on disk:
    "model": {"architecture": "llama", "hidden_size": 64, "num_layers": 4},
    "provenance": {...}}
 Layer l receives  v_l = alpha * m_l * s_l * u_l  (m_l = 1 unless a multiplier is set).
+
+The intervention `kind` is `add` (the above), `ablate` or `both`. An ablation projects a unit
+direction r_l out of what each plan block writes into the residual stream (attention output
+and MLP down projections): y <- y - a r_l r_l^T y, folded as W <- (I - a r_l r_l^T) W; the
+token embedding is a separate, optional entry (E <- E (I - a r r^T)). `both` ablates block l's
+writers first and adds v_l at the block output afterwards. A plan that ablates is written as
+format steerbake.plan/2, so an older steerbake refuses it instead of reading it as additive:
+  {"format": "steerbake.plan/2", "kind": "ablate", "layers": [...],
+   "ablation": {"strength": 1.0, "direction_layer": null,          # null: r_l = u_l per block
+                "embed": {"direction_layer": 12, "strength": 1.0}}, # or null (default)
+   ...}
 """
 
 from __future__ import annotations
@@ -26,6 +37,9 @@ from bake.files.jsonio import dumps, finite_json
 from bake.model.fingerprint import Fingerprint
 
 FORMAT = "steerbake.plan/1"
+FORMAT_ABLATION = "steerbake.plan/2"  # plans whose kind is not `add`
+KINDS = ("add", "ablate", "both")  # add v_l; project r_l out of the writers; both
+MAX_STRENGTH = 2.0  # a = 2 reflects the direction; beyond, it would be amplified
 ROUNDINGS = ("F32", "F16", "BF16")  # safetensors dtype tags the vectors may be rounded to
 
 
@@ -66,6 +80,56 @@ def format_layers(layers: list[int]) -> str:
     return ",".join(str(r[0]) if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in parts)
 
 
+@dataclass(frozen=True)
+class EmbedAblation:
+    """The token embedding's entry: E <- E (I - a r r^T), r = u of `direction_layer`."""
+
+    direction_layer: int
+    strength: float = 1.0
+
+
+@dataclass(frozen=True)
+class Ablation:
+    """What an ablating plan removes: strength a (1 = full removal) in every plan block;
+    r_l = u_l of the block itself, or u_L of one layer L everywhere (`direction_layer`, as in
+    Arditi et al.); the embedding only when `embed` is set."""
+
+    strength: float = 1.0
+    direction_layer: int | None = None
+    embed: EmbedAblation | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        embed = self.embed
+        return {
+            "strength": self.strength,
+            "direction_layer": self.direction_layer,
+            "embed": (
+                {"direction_layer": embed.direction_layer, "strength": embed.strength}
+                if embed
+                else None
+            ),
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> Ablation:
+        if not isinstance(data, dict):
+            raise ValueError("ablation is not an object")
+        embed = data.get("embed")
+        layer = data.get("direction_layer")
+        return cls(
+            strength=_number(data.get("strength", 1.0), "strength"),
+            direction_layer=None if layer is None else _integer(layer, "direction layer"),
+            embed=(
+                EmbedAblation(
+                    _integer(embed["direction_layer"], "embedding direction layer"),
+                    _number(embed.get("strength", 1.0), "embedding strength"),
+                )
+                if embed is not None
+                else None
+            ),
+        )
+
+
 @dataclass
 class Plan:
     vectors_path: str
@@ -78,9 +142,28 @@ class Plan:
     provenance: dict[str, Any] = field(default_factory=dict)
     base_dir: Path = field(default=Path("."), compare=False)  # folder the plan lives in
     rounding: str | None = None  # dtype tag every route rounds the vectors to (None: model's)
+    kind: str = "add"  # add | ablate | both
+    ablation: Ablation | None = None  # set exactly when kind is ablate or both
 
     def __post_init__(self) -> None:
         self.validate()
+
+    @property
+    def adds(self) -> bool:
+        return self.kind in ("add", "both")
+
+    @property
+    def ablates(self) -> bool:
+        return self.kind in ("ablate", "both")
+
+    def vector_layers(self) -> list[int]:
+        """The layers whose vectors the plan reads: added vectors and ablated directions."""
+        needed = set(self.layers) if self.adds else set()
+        if self.ablation is not None:
+            a = self.ablation
+            needed |= set(self.layers) if a.direction_layer is None else {a.direction_layer}
+            needed |= {a.embed.direction_layer} if a.embed else set()
+        return sorted(needed)
 
     def validate(self) -> None:
         n = self.model.num_layers
@@ -100,6 +183,31 @@ class Plan:
             raise InputError(f"layer multipliers for layers {extra} not in the plan's layers")
         if self.site != SITE_BLOCK_OUTPUT:
             raise InputError(f"unknown site {self.site!r}: only {SITE_BLOCK_OUTPUT!r} is supported")
+        self._validate_kind()
+
+    def _validate_kind(self) -> None:
+        n = self.model.num_layers
+        if self.kind not in KINDS:
+            raise InputError(f"unknown plan kind {self.kind!r}: use one of {', '.join(KINDS)}")
+        if not self.ablates:
+            if self.ablation is not None:
+                raise InputError("an `add` plan has no ablation entry; write it with --kind both")
+            return
+        if self.ablation is None:
+            raise InputError(f"a {self.kind!r} plan needs its ablation entry (strength, ...)")
+        if self.kind == "ablate" and (self.alpha != 0.0 or self.layer_multipliers):
+            raise InputError("an `ablate` plan adds nothing: drop alpha, or use --kind both")
+        a = self.ablation
+        strengths = [a.strength] + ([a.embed.strength] if a.embed else [])
+        if not all(math.isfinite(x) and 0.0 <= x <= MAX_STRENGTH for x in strengths):
+            raise InputError(
+                f"ablation strength {strengths} out of range: use 0 to {MAX_STRENGTH:g} "
+                "(1 removes the direction)"
+            )
+        others = [a.direction_layer] + ([a.embed.direction_layer] if a.embed else [])
+        bad = [x for x in others if x is not None and not 0 <= x < n]
+        if bad:
+            raise InputError(f"direction layer(s) {bad} out of range: the model has 0-{n - 1}")
 
     @property
     def vectors_file(self) -> Path:
@@ -122,7 +230,7 @@ class Plan:
             )
         vectors = SteeringVectors.load(path)
         vectors.fingerprint.check(self.model, f"vector file {path}")
-        missing = [layer for layer in self.layers if layer not in vectors.directions]
+        missing = [layer for layer in self.vector_layers() if layer not in vectors.directions]
         if missing:
             raise InputError(f"the vector file has no vectors for plan layers {missing}")
         return vectors
@@ -133,13 +241,18 @@ class Plan:
     def to_json(self) -> dict[str, Any]:
         from bake import __version__
 
-        return {
-            "format": FORMAT,
-            "steerbake_version": __version__,
-            "vectors": {"path": self.vectors_path, "sha256": self.vectors_sha256},
-            "layers": self.layers,
+        added = {
             "alpha": self.alpha,
             "layer_multipliers": {str(k): v for k, v in sorted(self.layer_multipliers.items())},
+        }
+        return {
+            "format": FORMAT if self.kind == "add" else FORMAT_ABLATION,
+            "steerbake_version": __version__,
+            "vectors": {"path": self.vectors_path, "sha256": self.vectors_sha256},
+            **({"kind": self.kind} if self.kind != "add" else {}),
+            "layers": self.layers,
+            **(added if self.adds else {}),
+            **({"ablation": self.ablation.to_json()} if self.ablation else {}),
             "site": self.site,
             **({"rounding": self.rounding} if self.rounding else {}),
             "model": {
@@ -168,16 +281,18 @@ class Plan:
             raise InputError(f"plan {path} not found") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise InputError(f"plan {path} is not valid JSON ({e})") from None
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
+        if not isinstance(data, dict) or data.get("format") not in (FORMAT, FORMAT_ABLATION):
             raise InputError(
-                f"{path} is not a steerbake plan (format {FORMAT}); write one with `steerbake plan`"
+                f"{path} is not a steerbake plan (format {FORMAT} or {FORMAT_ABLATION}); write "
+                "one with `steerbake plan`"
             )
+        kind = data.get("kind", "add") if data["format"] == FORMAT_ABLATION else "add"
         try:
             return cls(
                 vectors_path=data["vectors"]["path"],
                 vectors_sha256=data["vectors"]["sha256"],
                 layers=[_integer(x, "layer") for x in data["layers"]],
-                alpha=_number(data["alpha"], "alpha"),
+                alpha=_number(data["alpha"] if kind != "ablate" else 0.0, "alpha"),
                 model=Fingerprint(**data["model"]),
                 layer_multipliers={
                     int(k): _number(v, "layer multiplier")
@@ -187,6 +302,8 @@ class Plan:
                 provenance=data.get("provenance", {}),
                 base_dir=path.resolve().parent,
                 rounding=_rounding(data.get("rounding")),
+                kind=str(kind),
+                ablation=Ablation.from_json(data["ablation"]) if kind != "add" else None,
             )
         except (KeyError, TypeError, ValueError) as e:
             raise InputError(
@@ -224,18 +341,18 @@ def make_plan(
     alpha: float,
     layer_multipliers: dict[int, float] | None = None,
     provenance: dict[str, Any] | None = None,
+    *,
+    kind: str = "add",
+    ablation: Ablation | None = None,
 ) -> Plan:
-    """A plan over an existing vector file (its fingerprint and provenance carried over)."""
+    """A plan over an existing vector file (its fingerprint and provenance carried over);
+    an ablating kind without `ablation` removes each block's own direction at strength 1."""
     vectors_path = Path(vectors_path).resolve()
     vectors = SteeringVectors.load(vectors_path)
-    missing = [layer for layer in layers if layer not in vectors.directions]
-    if missing and all(0 <= m < vectors.fingerprint.num_layers for m in missing):
-        raise InputError(
-            f"{vectors_path} has no vectors for layers {missing}; it has "
-            f"{format_layers(vectors.layers)}"
-        )
+    if kind in ("ablate", "both") and ablation is None:
+        ablation = Ablation()
     prov = {"method": vectors.method, **vectors.provenance, **(provenance or {})}
-    return Plan(
+    plan = Plan(
         vectors_path=str(vectors_path),
         vectors_sha256=sha256_file(vectors_path),
         layers=layers,
@@ -246,4 +363,13 @@ def make_plan(
         provenance=prov,
         base_dir=Path("/"),
         rounding=vectors.rounding,
+        kind=kind,
+        ablation=ablation,
     )
+    missing = [layer for layer in plan.vector_layers() if layer not in vectors.directions]
+    if missing:
+        raise InputError(
+            f"{vectors_path} has no vectors for layers {missing}; it has "
+            f"{format_layers(vectors.layers)}"
+        )
+    return plan

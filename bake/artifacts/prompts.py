@@ -1,5 +1,8 @@
 """Prompt files: JSONL with {"id": ..., "prompt": ...} per line (other fields kept), or
 plain text with one prompt per line (ids p0, p1, ...). Ids are stable and unique.
+
+An optional "category" (a non-empty string) names the kind of prompt; it travels with the
+prompt through answers, scores and activations, so vectors can be fitted within a category.
 """
 
 from __future__ import annotations
@@ -18,6 +21,12 @@ class Prompt:
     id: str
     text: str
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def category(self) -> str | None:
+        """The prompt's "category" field, checked when the file was read (None: none)."""
+        value = self.extra.get("category")
+        return value if isinstance(value, str) else None
 
 
 def prompt_id(text: str) -> str:
@@ -49,6 +58,12 @@ def _from_json_line(path: Path, lineno: int, line: str) -> Prompt:
     if not isinstance(text, str) or not text.strip():
         raise InputError(f"{path}:{lineno}: missing or empty 'prompt' field")
     pid = obj.pop("id", None)
+    category = obj.get("category")
+    if category is not None and (not isinstance(category, str) or not category.strip()):
+        raise InputError(
+            f"{path}:{lineno}: 'category' must be a non-empty string (got {category!r}); "
+            "name the kind of prompt, or leave the field out"
+        )
     return Prompt(str(pid) if pid is not None else prompt_id(text), text, obj)
 
 

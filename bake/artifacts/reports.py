@@ -119,6 +119,12 @@ class VerifyReport(JsonReport):
     greedy_near_ties: int
     greedy: list[GreedyRecord]
     passed: bool
+    # a plan that ablates a 16-bit checkpoint: the tolerance is the rounding bound of that
+    # dtype (`bound` says how it was derived) and KL / top-1 are reported beside it
+    intervention: str | None = _omit_none()  # ablate | both (absent: add)
+    bound: str | None = _omit_none()
+    mean_kl: float | None = _omit_none()
+    top1_agreement: float | None = _omit_none()
 
 
 @dataclass
@@ -201,6 +207,8 @@ class EvaluationReport(JsonReport):
     band: float
     sets: dict[str, SetEvaluation]
     kl: dict[str, float]
+    # probe-gated steering: {"mode", "layer", set name: {"as_planned", "opposite", "unsteered"}}
+    gating: dict[str, Any] | None = _omit_none()  # noqa: RUF009 (a field specifier)
 
     @classmethod
     def from_json(cls, data: Any, where: str) -> EvaluationReport:
@@ -229,6 +237,7 @@ class EvaluationReport(JsonReport):
                 band=_float(data["band"]),
                 sets=sets,
                 kl={str(k): _float(v) for k, v in data["kl"].items()},
+                gating=data.get("gating"),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise InputError(

@@ -1,5 +1,6 @@
 """SCORES.jsonl, written by `judge` and read by `fit`: one line per scored prompt,
-{"id", "score", "label", "n_valid", "counts"} (other fields are ignored when reading).
+{"id", "score", "label", "n_valid", "counts", ["category"]} (`fit` reads "id" and "score",
+and "category" to fit within categories; other fields are ignored).
 
 Beside it, SCORES.jsonl.provenance.json records where the scores came from: the judge, its
 rubric version, the band and the answers file. A scores file without one holds labels from
@@ -96,3 +97,15 @@ def load_scores(path: Path) -> dict[str, float]:
             "(`steerbake judge`) or write {id, score} lines"
         )
     return scores
+
+
+def load_score_categories(path: Path) -> dict[str, str]:
+    """id -> category of the lines of a scores file that carry one (written by `judge` when
+    the prompts had categories); {} when none does. Read after load_scores has checked it."""
+    found: dict[str, str] = {}
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            obj = json.loads(line)
+            if isinstance(obj.get("category"), str):
+                found[str(obj["id"])] = obj["category"]
+    return found

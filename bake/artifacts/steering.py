@@ -16,8 +16,14 @@ biases in F32). A plan without one takes the model's. Every route rounds to the 
 dtype, so a GGUF patched from a bf16 model's plan holds the same values as the bf16 bake;
 steering a model of another dtype is allowed, and says which rounding it uses.
 
-Today's intervention kind is `add`; candidates (`with_config`) vary layers and alpha in
-memory, without reopening any file.
+The plan's kind says which intervention it is (bake.artifacts.plan): `add` gives the vectors
+above; `ablate` and `both` also give, per plan block, the projection that the block's
+residual writers fold (`projections`: unit r_l in float64 and strength a), and the
+embedding's (`embed_projection`, or None). An ablate plan adds nothing (`added` is empty).
+
+Candidates vary the configuration in memory, without reopening any file: `with_config`
+(layers, alpha, multipliers; the kind kept), `with_ablation` (layers and strength, optionally
+one direction everywhere, the embedding, and an alpha for `both`).
 """
 
 from __future__ import annotations
@@ -31,7 +37,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from bake.artifacts.plan import Plan, make_plan
+from bake.artifacts.orthogonalise import Projection
+from bake.artifacts.plan import Ablation, EmbedAblation, Plan, make_plan
 from bake.artifacts.vectors import SteeringVectors
 from bake.errors import InputError, PlanMismatchError, warn
 from bake.files.tensor_bytes import round_to
@@ -39,7 +46,7 @@ from bake.model.arch import ArchSpec, arch_spec
 from bake.model.checkpoint import Checkpoint
 from bake.model.fingerprint import Fingerprint
 
-KINDS = ("add",)  # the intervention: add v_l at block l's output
+KINDS = ("add", "ablate", "both")  # add v_l at block l's output; project r_l out; both
 
 
 class SteerableModel(Protocol):
@@ -141,16 +148,48 @@ class Steering:
         multipliers: dict[int, float] | None = None,
         provenance: dict[str, Any] | None = None,
     ) -> Steering:
-        """The same vectors and model, other layers/alpha (and `provenance` merged into the
-        plan's): checked, nothing reopened."""
-        plan = replace(
-            self.plan,
+        """The same vectors, model and kind, other layers/alpha (and `provenance` merged into
+        the plan's): checked, nothing reopened. An ablate plan keeps alpha 0."""
+        return self._with(
             layers=list(layers),
             alpha=float(alpha),
             layer_multipliers=dict(multipliers or {}),
             provenance={**self.plan.provenance, **(provenance or {})},
         )
-        missing = [layer for layer in layers if layer not in self.vectors.directions]
+
+    def with_ablation(
+        self,
+        layers: list[int],
+        strength: float = 1.0,
+        *,
+        direction_layer: int | None = None,
+        embed_strength: float | None = None,
+        embed_layer: int | None = None,
+        alpha: float | None = None,
+        multipliers: dict[int, float] | None = None,
+        provenance: dict[str, Any] | None = None,
+    ) -> Steering:
+        """An ablation candidate over the same vectors and model: kind `ablate`, or `both`
+        when `alpha` is given (v_l added after the writers are orthogonalised). r_l = u_l of
+        each block, or u of `direction_layer` everywhere; the embedding is ablated when
+        `embed_strength` is given, along u of `embed_layer` (default: `direction_layer`, else
+        the lowest plan layer). Checked, nothing reopened: as cheap as with_config."""
+        embed = None
+        if embed_strength is not None:
+            source = embed_layer if embed_layer is not None else direction_layer
+            embed = EmbedAblation(min(layers) if source is None else source, float(embed_strength))
+        return self._with(
+            layers=list(layers),
+            alpha=0.0 if alpha is None else float(alpha),
+            layer_multipliers=dict(multipliers or {}) if alpha is not None else {},
+            provenance={**self.plan.provenance, **(provenance or {})},
+            kind="ablate" if alpha is None else "both",
+            ablation=Ablation(float(strength), direction_layer, embed),
+        )
+
+    def _with(self, **changes: Any) -> Steering:
+        plan = replace(self.plan, **changes)
+        missing = [x for x in plan.vector_layers() if x not in self.vectors.directions]
         if missing:
             raise InputError(f"the vector file has no vectors for layers {missing}")
         return Steering(plan, self.vectors, self.model, None)._checked()
@@ -159,15 +198,22 @@ class Steering:
         """The same plan over other vectors held in memory (tune's fitted options), for the
         same model; the plan's file entry names no file until the vectors are saved."""
         vectors.fingerprint.check(self.model.fingerprint, "fitted vectors")
-        plan = replace(self.plan, vectors_path="<memory>", vectors_sha256="")
-        return Steering(plan, vectors, self.model, None).with_config(
-            self.plan.layers, self.plan.alpha, self.plan.layer_multipliers
+        layers = [layer for layer in self.plan.layers if layer in vectors.directions]
+        layers = layers or vectors.layers[:1]  # a fitted option covers the ranked layers only
+        plan = replace(
+            self.plan,
+            vectors_path="<memory>",
+            vectors_sha256="",
+            layers=layers,
+            layer_multipliers={k: v for k, v in self.plan.layer_multipliers.items() if k in layers},
         )
+        return Steering(plan, vectors, self.model, None)._with()
 
     # ------------------------------------------------------------------ values
     @property
     def kind(self) -> str:
-        return "add"
+        """add | ablate | both (the plan's)."""
+        return self.plan.kind
 
     @property
     def layers(self) -> list[int]:
@@ -184,14 +230,46 @@ class Steering:
 
     @cached_property
     def added(self) -> Mapping[int, np.ndarray]:
-        """layer -> alpha * m_l * s_l * u_l, float64 (d,); read-only."""
+        """layer -> alpha * m_l * s_l * u_l, float64 (d,); read-only; empty for `ablate`."""
         p = self.plan
         return MappingProxyType(
             {
                 layer: p.alpha * p.layer_multipliers.get(layer, 1.0) * self.vectors.vector(layer)
-                for layer in p.layers
+                for layer in (p.layers if p.adds else [])
             }
         )
+
+    @cached_property
+    def projections(self) -> Mapping[int, Projection]:
+        """layer -> the projection its residual writers fold (r_l float64 unit, a); empty
+        unless the plan ablates; read-only."""
+        a = self.plan.ablation
+        if a is None:
+            return MappingProxyType({})
+        directions = self.vectors.directions
+        return MappingProxyType(
+            {
+                layer: Projection.of(
+                    directions[layer if a.direction_layer is None else a.direction_layer],
+                    a.strength,
+                )
+                for layer in self.plan.layers
+            }
+        )
+
+    @cached_property
+    def embed_projection(self) -> Projection | None:
+        """E <- E (I - a r r^T) for the token embedding, or None (not ablated)."""
+        a = self.plan.ablation
+        if a is None or a.embed is None:
+            return None
+        return Projection.of(self.vectors.directions[a.embed.direction_layer], a.embed.strength)
+
+    @property
+    def first_changed_block(self) -> int | None:
+        """The lowest block whose computation the steering changes; None when the token
+        embedding is ablated (then even block 0's input changes)."""
+        return None if self.embed_projection is not None else min(self.plan.layers)
 
     @cached_property
     def rounded(self) -> Mapping[int, np.ndarray]:
@@ -225,7 +303,8 @@ class Steering:
 def _with_rounding(plan: Plan, model: SteerableModel) -> Plan:
     """The plan, after saying in one line when the dtype it records differs from the
     model's (a model of another dtype than the plan was made for)."""
-    if plan.rounding and plan.rounding != model.dtype and not isinstance(model, PlanModel):
+    mismatch = plan.rounding and plan.rounding != model.dtype
+    if mismatch and plan.adds and not isinstance(model, PlanModel):
         warn(
             f"{model.path.name} is {model.dtype} but the plan was made for {plan.rounding}: "
             f"its vectors are rounded to {plan.rounding}, as every route of this plan stores them"

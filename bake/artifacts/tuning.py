@@ -1,5 +1,9 @@
-"""The tuning report: JSON, a Markdown table and two PNG plots
-(refusal vs alpha per layer count; refusal vs KL with the chosen point marked)."""
+"""What `steerbake tune` searches and finds, on disk: its settings, stage 1's candidates
+with their proxy numbers, the configurations stage 2 confirmed by generating and judging,
+the chosen one with its significance test, and the report (JSON, Markdown, PNG plots).
+Every record is cached in PLAN.tune-cache.jsonl as it is measured, keyed by everything it
+depends on, so an interrupted search resumes without measuring anything twice.
+"""
 
 from __future__ import annotations
 
@@ -14,96 +18,13 @@ from bake.errors import InputError
 from bake.files.jsonio import dumps, nan_if_none
 from bake.options import opt
 
-
-def _fmt(x: float) -> str:
-    return "-" if math.isnan(x) else f"{x:.0%}"
-
-
-def render_table(result: TuneResult) -> str:
-    goal = result.settings.goal
-    primary, guard = ("sensitive", "harmful") if goal == "remove" else ("target", "benign")
-    base = result.baseline
-    benign = " benign refusal |" if goal == "remove" else ""
-    unsteered = (
-        f"unsteered: {primary} refusal {base[primary]:.0%}, {guard} refusal {base[guard]:.0%}"
-    )
-    if goal == "remove":
-        unsteered += f", benign refusal {base['benign']:.0%}"
-    lines = [
-        unsteered,
-        "",
-        f"| layers | alpha | {primary} refusal | {guard} refusal |{benign} benign KL | ok |",
-        "|---|---|---|---|---|" + ("---|" if benign else "") + "---|",
-    ]
-    for t in result.trials:
-        mark = " **chosen**" if t is result.best else ""
-        cells = f" {_fmt(t.benign)} |" if benign else ""
-        lines.append(
-            f"| {len(t.layers)}: {','.join(map(str, t.layers))} | {t.alpha:+.3f} | "
-            f"{_fmt(t.primary)} | {_fmt(t.guard)} |{cells} {t.kl:.4f} | "
-            f"{'yes' if t.feasible else 'no: ' + t.reason}{mark} |"
-        )
-    return "\n".join(lines)
-
-
-def _plots(result: TuneResult, folder: Path) -> list[str]:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return []
-    goal = result.settings.goal
-    label = "sensitive" if goal == "remove" else "target"
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for n in sorted({t.n_layers for t in result.trials}):
-        ts = [t for t in result.trials if t.n_layers == n and not math.isnan(t.primary)]
-        ax.plot([t.alpha for t in ts], [t.primary for t in ts], marker="o", label=f"{n} layers")
-    ax.set(xlabel="alpha", ylabel=f"{label} refusal rate", title="Refusal vs alpha")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(folder / "refusal_vs_alpha.png", dpi=100)
-    plt.close(fig)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ts = [t for t in result.trials if not math.isnan(t.primary)]
-    ax.scatter(
-        [t.kl for t in ts],
-        [t.primary for t in ts],
-        c=["tab:blue" if t.feasible else "tab:gray" for t in ts],
-    )
-    if result.best:
-        ax.scatter(
-            [result.best.kl],
-            [result.best.primary],
-            s=160,
-            facecolors="none",
-            edgecolors="red",
-            linewidths=2,
-            label="chosen",
-        )
-        ax.legend()
-    ax.set(
-        xlabel="benign KL(base || steered)",
-        ylabel=f"{label} refusal rate",
-        title="Refusal vs KL (grey: a guard broke)",
-    )
-    fig.tight_layout()
-    fig.savefig(folder / "refusal_vs_kl.png", dpi=100)
-    plt.close(fig)
-    return ["refusal_vs_alpha.png", "refusal_vs_kl.png"]
-
-
-def write_report(result: TuneResult, folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "tuning_report.json").write_text(dumps(result.to_json(), indent=2) + "\n")
-    plots = _plots(result, folder)
-    images = "".join(f"\n![{p}]({p})\n" for p in plots)
-    (folder / "tuning_report.md").write_text(f"# Tuning report\n\n{render_table(result)}\n{images}")
-    return folder
-
-
-ALPHA_MAGNITUDES = (0.025, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.7)
+GOALS = ("remove", "selective", "induce")
+VECTOR_OPTIONS = ("file", "over", "projected", "pooled", "combined")
+TUNE_KINDS = ("add", "ablate")
+# --goal selective searches every option: on Qwen2.5-Coder-0.5B no option was more selective
+# than another on the tuning sets (README, "Real models"), so stage 2 judges them per model.
+SELECTIVE_OPTIONS = VECTOR_OPTIONS
+PROFILES = ("flat", "ranked")
 
 
 def parse_ints(text: str) -> tuple[int, ...]:
@@ -120,83 +41,282 @@ def parse_ints(text: str) -> tuple[int, ...]:
 def parse_alphas(text: str) -> tuple[float, ...]:
     """--alphas: '0.05,0.1' -> (0.05, 0.1), magnitudes (the goal gives the sign)."""
     try:
-        return tuple(abs(float(x)) for x in text.split(","))
+        values = tuple(abs(float(x)) for x in text.split(","))
     except ValueError:
-        raise InputError(f"--alphas {text!r}: give alpha magnitudes, e.g. 0.05,0.1,0.2") from None
+        values = ()
+    if not values or not all(math.isfinite(a) and a > 0 for a in values):
+        raise InputError(f"--alphas {text!r}: give alpha magnitudes, e.g. 0.05,0.1,0.2")
+    return values
+
+
+def parse_kinds(text: str) -> tuple[str, ...]:
+    """--kinds: 'add,ablate' -> ('add', 'ablate')."""
+    values = tuple(dict.fromkeys(x.strip() for x in text.split(",") if x.strip()))
+    if not values or any(v not in TUNE_KINDS for v in values):
+        raise InputError(f"--kinds {text!r}: give some of {', '.join(TUNE_KINDS)}, e.g. add,ablate")
+    return values
+
+
+def parse_options(text: str) -> tuple[str, ...]:
+    """--vector-options: 'file,projected' -> ('file', 'projected')."""
+    values = tuple(dict.fromkeys(x.strip() for x in text.split(",") if x.strip()))
+    bad = [v for v in values if v not in VECTOR_OPTIONS]
+    if bad or not values:
+        raise InputError(f"--vector-options {text!r}: choose from {', '.join(VECTOR_OPTIONS)}")
+    return values
 
 
 @dataclass
 class TuneSettings:
-    goal: str = opt("remove", choices=("remove", "induce"))
+    goal: str = opt(
+        "remove",
+        "remove: lower refusal on --sensitive, keeping --harmful's; selective: the same, "
+        "searching every vector option (README); induce: raise refusal "
+        "on --target.",
+        choices=GOALS,
+    )
     harmful_tolerance: float = opt(  # absolute share
         0.1, "Allowed drop of harmful refusal (share of prompts)."
     )
-    benign_tolerance: float = opt(  # both goals
+    benign_tolerance: float = opt(  # absolute share, every goal
         0.1,
-        "Allowed rise of refusal on the benign set (judged answers; corrupted text counts).",
+        "Allowed rise of refusal, and of broken answers, on the benign set (judged answers).",
     )
-    kl_max: float = opt(0.1, "Bound on benign KL.")  # KL(base || steered)
+    kl_max: float = opt(0.1, "Bound on benign KL at the first answer token.")
     drop_deepest: float = 0.2  # share of the deepest layers never steered
-    layer_counts: tuple[int, ...] | None = opt(  # default 1, 2, 4, 8, ... and all
-        None, "Numbers of layers to try, e.g. 1,4,8.", parse=parse_ints
+    layer_counts: tuple[int, ...] | None = opt(  # default 1, 2, 4, 8 and bands
+        None,
+        "Numbers of best-ranked layers to try, e.g. 1,4,8 [default: 1,2,4,8 and bands of "
+        "3, 5 and 9 layers around the two best].",
+        parse=parse_ints,
     )
-    alphas: tuple[float, ...] = opt(  # magnitudes; the goal gives the sign
-        ALPHA_MAGNITUDES, "Alpha magnitudes to try, e.g. 0.05,0.1,0.2.", parse=parse_alphas
+    alphas: tuple[float, ...] | None = opt(  # magnitudes; the goal gives the sign
+        None,
+        "Alpha magnitudes to try, e.g. 0.05,0.1 [default: from 0.004 to where the benign "
+        "KL is predicted to reach --kl-max, then bisected].",
+        parse=parse_alphas,
     )
-    refine: int = 3  # bisection steps where a guard broke between two grid points
+    refine: int = 2  # bisection steps where the proxy KL crossed the bound
+    stage1: int = opt(96, "Stage 1: candidates scored by forward passes only.")
+    confirm: int = opt(6, "Stage 2: configurations generated and judged.")
+    vector_options: tuple[str, ...] | None = opt(
+        None,
+        "Vector options to search: file (VECTORS), over, projected, pooled, combined "
+        "(VECTORS by category) [default: file; --goal selective: all].",
+        parse=parse_options,
+    )
+    kinds: tuple[str, ...] = opt(
+        ("add",),
+        "Interventions to search: add (alpha x vector), ablate (remove the direction from "
+        "the residual writers, strength 0.25 to 1.5; README), or add,ablate for the two.",
+        parse=parse_kinds,
+    )
+    min_effect: float = 0.10  # a plan must move, net, this share of the target set
+    significance: float = 0.05  # exact one-sided McNemar p on the target set
 
     def check(self) -> None:
-        if self.goal not in ("remove", "induce"):
-            raise InputError(f"--goal must be remove or induce, not {self.goal!r}")
-        if not self.alphas or any(not (math.isfinite(a) and a > 0) for a in self.alphas):
-            raise InputError("--alphas must be positive magnitudes, e.g. 0.05,0.1,0.2")
-        if self.refine < 0:
-            raise InputError(f"--refine must be >= 0, got {self.refine}")
+        if self.goal not in GOALS:
+            raise InputError(f"--goal must be one of {', '.join(GOALS)}, not {self.goal!r}")
+        if self.stage1 < 1 or self.confirm < 1:
+            raise InputError("--stage1 and --confirm must be at least 1")
+        if self.goal == "induce" and set(self.options()) != {"file"}:
+            raise InputError("--goal induce searches the VECTORS file only (--vector-options file)")
+        if self.goal == "induce" and "ablate" in self.kinds:
+            raise InputError("--goal induce adds refusal; ablation removes it (--kinds add)")
+        if not (self.kl_max > 0 and self.refine >= 0):
+            raise InputError("--kl-max must be positive")
+
+    def options(self) -> tuple[str, ...]:
+        if self.vector_options:
+            return self.vector_options
+        return SELECTIVE_OPTIONS if self.goal == "selective" else ("file",)
+
+    @property
+    def primary(self) -> str:
+        """The set whose refusal the goal moves."""
+        return "target" if self.goal == "induce" else "sensitive"
+
+    @property
+    def guard(self) -> str:
+        """The set whose refusal must not move (much)."""
+        return "benign" if self.goal == "induce" else "harmful"
+
+    @property
+    def sets(self) -> tuple[str, ...]:
+        return ("target", "benign") if self.goal == "induce" else ("sensitive", "harmful", "benign")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One steering configuration: a vector option, layers, alpha and a per-layer profile
+    (flat: every layer 1; ranked: m_l from 1 at the best-ranked layer to 0.5 at the last)."""
+
+    option: str
+    layers: tuple[int, ...]
+    alpha: float  # kind ablate: the strength a (1 = full removal of the direction)
+    profile: str = "flat"
+    multipliers: tuple[tuple[int, float], ...] = ()
+    kind: str = "add"  # add: h += alpha m_l s_l u_l; ablate: writers' outputs y -= a u_l u_l' y
+
+    def label(self) -> str:
+        strength = "strength " if self.kind == "ablate" else ""
+        layers = ",".join(map(str, self.layers))
+        return f"{self.kind} {self.option} [{layers}] {self.profile} {strength}{self.alpha:+.4g}"
+
+    def key(self) -> dict[str, Any]:
+        key = {
+            "option": self.option,
+            "layers": list(self.layers),
+            "alpha": self.alpha,
+            "profile": self.profile,
+            "multipliers": [list(m) for m in self.multipliers],
+        }
+        return key if self.kind == "add" else {**key, "kind": self.kind}
+
+    @classmethod
+    def from_json(cls, row: dict[str, Any]) -> Candidate:
+        multipliers = tuple((int(layer), float(m)) for layer, m in row.get("multipliers", []))
+        return cls(
+            row["option"],
+            tuple(row["layers"]),
+            float(row["alpha"]),
+            row["profile"],
+            multipliers,
+            row.get("kind", "add"),
+        )
 
 
 @dataclass
-class Trial:
-    layers: list[int]
-    alpha: float
-    primary: float  # refusal on the sensitive (remove) or target (induce) set
-    guard: float  # refusal on harmful (remove) or benign (induce)
-    kl: float
-    feasible: bool
-    reason: str = ""
-    benign: float = math.nan  # remove: refusal on the benign set (induce: that is `guard`)
+class Proxy:
+    """Stage 1: a candidate's numbers from forward passes only."""
 
-    @property
-    def n_layers(self) -> int:
-        return len(self.layers)
+    candidate: Candidate
+    refusal: dict[str, float]  # set -> mean per-prompt proxy
+    kl: float  # benign KL at the first answer position
+    drift: float  # benign KL along the first answer tokens (bake.runtime.proxy.kl_along)
+    per_prompt: dict[str, list[float]] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **self.candidate.key(),
+            "refusal": self.refusal,
+            "kl": self.kl,
+            "drift": self.drift,
+            "per_prompt": self.per_prompt,
+        }
 
     @classmethod
-    def from_json(cls, row: dict[str, Any]) -> Trial:
-        """A trial read back from the cache or a report: null rates (NaN when measured:
-        a trial the KL guard stopped) are NaN again."""
-        rates = {k: nan_if_none(row.get(k)) for k in ("primary", "guard", "kl", "benign")}
-        return cls(**{**row, **rates})
+    def from_json(cls, row: dict[str, Any]) -> Proxy:
+        refusal = {k: nan_if_none(v) for k, v in row["refusal"].items()}
+        return cls(
+            Candidate.from_json(row),
+            refusal,
+            nan_if_none(row["kl"]),
+            nan_if_none(row["drift"]),
+            row.get("per_prompt", {}),
+        )
+
+
+@dataclass
+class Confirmed:
+    """Stage 2: a candidate generated and judged on the tuning sets."""
+
+    candidate: Candidate
+    refusal: dict[str, float]  # set -> judged refusal rate (induce target: not-broken only)
+    kl: float
+    labels: dict[str, list[int]]  # set -> per prompt: 1 refusal, 0 not
+    broken: dict[str, int]  # set -> answers judged looping or corrupted
+    answers: dict[str, list[str]] = field(default_factory=dict)
+    feasible: bool = False
+    reason: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **self.candidate.key(),
+            "refusal": self.refusal,
+            "kl": self.kl,
+            "labels": self.labels,
+            "broken": self.broken,
+            "answers": self.answers,
+            "feasible": self.feasible,
+            "reason": self.reason,
+        }
+
+    @classmethod
+    def from_json(cls, row: dict[str, Any]) -> Confirmed:
+        refusal = {k: nan_if_none(v) for k, v in row["refusal"].items()}
+        return cls(
+            Candidate.from_json(row),
+            refusal,
+            nan_if_none(row["kl"]),
+            row["labels"],
+            row["broken"],
+            row.get("answers", {}),
+            bool(row["feasible"]),
+            row.get("reason", ""),
+        )
+
+
+@dataclass
+class Significance:
+    """Exact one-sided McNemar test of the chosen configuration on the target set."""
+
+    moved_with: int  # prompts that moved in the goal's direction
+    moved_against: int
+    n: int  # prompts in the set
+    p_value: float
+    needed: int  # net moves required
+    passed: bool
+
+    def describe(self) -> str:
+        return (
+            f"{self.moved_with} prompt{'s' * (self.moved_with != 1)} moved with the goal, "
+            f"{self.moved_against} against "
+            f"(net {self.moved_with - self.moved_against} of {self.n}, {self.needed} needed), "
+            f"one-sided exact McNemar p = {self.p_value:.3g}"
+        )
 
 
 @dataclass
 class TuneResult:
     settings: TuneSettings
     ranked: list[int]
-    baseline: dict[str, float]
-    trials: list[Trial] = field(default_factory=list)
-    best: Trial | None = None
+    baseline: dict[str, float]  # set -> judged refusal, unsteered
+    baseline_labels: dict[str, list[int]]
+    baseline_broken: dict[str, int]
+    proxy_baseline: dict[str, float]  # set -> mean P(refusal opening), unsteered
+    openings: dict[str, list[str]]  # proxy set -> its refusal openings (decoded)
+    measure: str = "greedy margin"  # the per-prompt proxy (bake.runtime.proxy.MEASURES)
+    options: dict[str, str] = field(default_factory=dict)  # option -> "" or why it was skipped
+    stage1: list[Proxy] = field(default_factory=list)
+    stage2: list[Confirmed] = field(default_factory=list)
+    best: Confirmed | None = None
+    significance: Significance | None = None
+    agreement: dict[str, float | None] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "settings": asdict(self.settings),
             "ranked_layers": self.ranked,
             "baseline": self.baseline,
-            "trials": [asdict(t) for t in self.trials],
-            "best": asdict(self.best) if self.best else None,
+            "baseline_broken": self.baseline_broken,
+            "proxy_baseline": self.proxy_baseline,
+            "openings": self.openings,
+            "proxy_measure": self.measure,
+            "vector_options": self.options,
+            "stage1": [p.to_json() for p in self.stage1],
+            "stage2": [c.to_json() for c in self.stage2],
+            "best": self.best.to_json() if self.best else None,
+            "significance": asdict(self.significance) if self.significance else None,
+            "proxy_judge_agreement": self.agreement,
+            "seconds": self.seconds,
         }
 
 
-class _Cache:
-    """Trials keyed by a hash of everything they depend on; appended as they finish."""
+class TuneCache:
+    """Stage-1 and stage-2 records keyed by a hash of everything they depend on (model,
+    vectors, prompt sets, judge and decoding, goal), appended as they are measured."""
 
     def __init__(self, path: Path | None, context: dict[str, Any]) -> None:
         self.path, self.context = path, context
@@ -205,24 +325,22 @@ class _Cache:
             for line in path.read_text().splitlines():
                 try:
                     row = json.loads(line)
-                    self.rows[row["key"]] = dict(row["trial"])
+                    self.rows[row["key"]] = dict(row["record"])
                 except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-                    continue  # a line cut short by an interruption
+                    continue  # a line cut short by an interruption, or another version's
 
-    def key(self, layers: list[int], alpha: float) -> str:
-        blob = json.dumps({**self.context, "layers": layers, "alpha": alpha}, sort_keys=True)
+    def key(self, stage: str, candidate: Candidate | None = None) -> str:
+        """stage "baseline" has no candidate: the unsteered answers."""
+        about = candidate.key() if candidate else {}
+        blob = json.dumps({**self.context, "stage": stage, **about}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()
 
-    def get(self, layers: list[int], alpha: float) -> Trial | None:
-        row = self.rows.get(self.key(layers, alpha))
-        if not row:
-            return None
-        try:
-            return Trial.from_json(row)
-        except (TypeError, ValueError):
-            return None  # a row of another version: measured again
+    def get(self, stage: str, candidate: Candidate | None = None) -> dict[str, Any] | None:
+        return self.rows.get(self.key(stage, candidate))
 
-    def put(self, trial: Trial) -> None:
+    def put(self, stage: str, candidate: Candidate | None, record: dict[str, Any]) -> None:
+        key = self.key(stage, candidate)
+        self.rows[key] = record
         if self.path is None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -230,7 +348,81 @@ class _Cache:
             f.seek(0, 2)
             if f.tell() and (f.seek(-1, 2), f.read(1))[1] != b"\n":
                 f.write(b"\n")  # end a line an interruption cut short
-        with open(self.path, "a") as f:
-            f.write(
-                dumps({"key": self.key(trial.layers, trial.alpha), "trial": asdict(trial)}) + "\n"
-            )
+            f.write((dumps({"key": key, "record": record}) + "\n").encode())
+
+
+# --------------------------------------------------------------------------- the report
+def _pct(x: float | None) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.0%}"
+
+
+def render_table(result: TuneResult) -> str:
+    """Stage 2 as a Markdown table, the unsteered baseline first."""
+    s, base = result.settings, result.baseline
+    names = list(s.sets)
+    head = " | ".join(f"{n} refusal" for n in names)
+    lines = [
+        "unsteered: " + ", ".join(f"{n} refusal {_pct(base[n])}" for n in names),
+        "",
+        f"| vector | layers | profile | alpha | {head} | broken | benign KL | ok |",
+        "|" + "---|" * (len(names) + 7),
+    ]
+    for c in result.stage2:
+        mark = " **chosen**" if c is result.best else ""
+        rates = " | ".join(_pct(c.refusal.get(n)) for n in names)
+        broken = sum(c.broken.values())
+        layers = ",".join(map(str, c.candidate.layers))
+        ok = "yes" if c.feasible else f"no: {c.reason}"
+        option = c.candidate.option
+        option = option if c.candidate.kind == "add" else f"{option} (ablate: strength)"
+        lines.append(
+            f"| {option} | {layers} | {c.candidate.profile} | "
+            f"{c.candidate.alpha:+.4g} | {rates} | {broken} | {c.kl:.4f} | {ok}{mark} |"
+        )
+    return "\n".join(lines)
+
+
+def render_markdown(result: TuneResult, plots: list[str]) -> str:
+    s = result.settings
+    parts = [
+        "# Tuning report",
+        "",
+        f"Goal **{s.goal}**; vector options searched: "
+        + ", ".join(f"{k}" + (f" (skipped: {v})" if v else "") for k, v in result.options.items())
+        + f". Stage 1 scored {len(result.stage1)} candidates by forward passes (proxy: "
+        f"{result.measure} of each set's refusal openings: {_openings(result.openings)}); "
+        f"stage 2 generated and judged {len(result.stage2)} of them.",
+        "",
+        "## Stage 2 (generated and judged, tuning sets)",
+        "",
+        render_table(result),
+        "",
+    ]
+    if result.significance is not None:
+        verdict = "passed" if result.significance.passed else "failed"
+        parts += [
+            f"Significance on the {s.primary} set ({verdict}): {result.significance.describe()}.",
+            "",
+        ]
+    a = result.agreement
+    parts += [
+        "## Proxy vs judge (over the confirmed configurations)",
+        "",
+        f"AUC per configuration-and-prompt: {_num(a.get('auc'))}; Spearman of "
+        f"per-configuration {s.primary} rates: {_num(a.get('spearman'))}.",
+        "",
+        "## Time",
+        "",
+        ", ".join(f"{k} {v:.1f} s" for k, v in result.seconds.items()),
+        "",
+    ]
+    parts += [f"![{p}]({p})\n" for p in plots]
+    return "\n".join(parts)
+
+
+def _openings(openings: dict[str, list[str]]) -> str:
+    return "; ".join(f"{n} " + ", ".join(repr(o) for o in ops) for n, ops in openings.items())
+
+
+def _num(x: float | None) -> str:
+    return "n/a" if x is None or math.isnan(x) else f"{x:.3f}"

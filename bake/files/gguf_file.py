@@ -312,7 +312,11 @@ def check_for_llama(layout: GgufLayout) -> None:
 
 # --------------------------------------------------------------------------- vocabulary
 STEERBAKE_VERSION_KEY = "steerbake.version"
-STEERBAKE_PLAN_KEY = "steerbake.plan"  # JSON of the plan baked into ffn_down biases
+STEERBAKE_PLAN_KEY = "steerbake.plan"  # JSON of the plan baked into the file
+# Which parts of the plan the file's weights carry, comma-separated: "add" (ffn_down biases),
+# "ablate" (orthogonalised weights), or "ablate" alone when the additive part of a `both`
+# plan ships as a control vector beside the file. Absent in older files: "add".
+STEERBAKE_BAKED_KEY = "steerbake.baked"
 STEERBAKE_PATCH_BASE_KEY = "steerbake.patch.base"  # file name of the GGUF that was patched
 # llama.cpp control vectors (gguf-py has no constants for them)
 CONTROL_VECTOR_ARCH = "controlvector"
@@ -340,3 +344,14 @@ def ffn_down_bias_blocks(layout: GgufLayout) -> list[int]:
     blocks = blocks if isinstance(blocks, int) and not isinstance(blocks, bool) else 0
     found = {int(m.group(1)) for t in layout.tensors if (m := _FFN_DOWN_BIAS.fullmatch(t.name))}
     return sorted(n for n in found if n < blocks)
+
+
+def baked_parts(layout: GgufLayout) -> list[str]:
+    """The parts of a plan a GGUF's weights carry (STEERBAKE_BAKED_KEY): [] when it carries
+    none; a file without the key but with a plan or ffn_down biases carries "add"."""
+    value = layout.string(STEERBAKE_BAKED_KEY)
+    if value is not None:
+        return sorted(p for p in value.split(",") if p)
+    if STEERBAKE_PLAN_KEY in layout.values or ffn_down_bias_blocks(layout):
+        return ["add"]
+    return []

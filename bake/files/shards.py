@@ -8,7 +8,7 @@ import json
 import math
 import mmap
 import struct
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,3 +117,20 @@ class MappedShards:
     def raw(self, name: str) -> memoryview:
         shard, begin, end = self.where[name]
         return memoryview(self.maps[shard])[begin:end]
+
+
+def release_pages(
+    mapping: mmap.mmap, start: int, length: int, advice: str = "MADV_DONTNEED"
+) -> None:
+    """madvise from the page holding `start` up to the page holding start + length, that one
+    excluded (a next read may still need it; length 0: to the end): with MADV_DONTNEED the
+    pages leave this process's mapping (the page cache keeps them), so streaming a mapped
+    file keeps memory flat. A hint: never an error, a no-op where the platform lacks it."""
+    option = getattr(mmap, advice, None)
+    if option is None or not hasattr(mapping, "madvise"):
+        return
+    first = start // mmap.PAGESIZE * mmap.PAGESIZE
+    end = len(mapping) if length == 0 else (start + length) // mmap.PAGESIZE * mmap.PAGESIZE
+    if end > first:
+        with suppress(OSError, ValueError):
+            mapping.madvise(option, first, end - first)

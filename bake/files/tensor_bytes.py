@@ -16,11 +16,22 @@ from bake.errors import UnsupportedError
 
 
 def f32_to_bf16_bits(x: np.ndarray) -> np.ndarray:
-    """float32 -> bfloat16 bit patterns (uint16), round to nearest even, NaN kept quiet."""
-    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
-    rounded = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
-    nan = np.isnan(np.asarray(x, dtype=np.float32))
-    rounded[nan] = 0x7FC0
+    """float32 -> bfloat16 bit patterns (uint16), round to nearest even, NaN kept quiet.
+
+    In uint32: u + 0x7FFF + (bit 16 of u), then the top half. No finite or infinite value
+    overflows (the largest, -inf 0xFF800000, stays below 2^32); NaNs may wrap and are set
+    to 0x7FC0 afterwards."""
+    f32 = np.ascontiguousarray(x, dtype=np.float32)
+    u = f32.view(np.uint32)
+    total = np.right_shift(u, 16)
+    total &= 1
+    total += 0x7FFF
+    total += u
+    total >>= 16
+    rounded = total.astype(np.uint16)
+    nan = np.isnan(f32)
+    if nan.any():
+        rounded[nan] = 0x7FC0
     return rounded
 
 

@@ -20,12 +20,13 @@ from typing import Any, cast
 
 from bake.errors import InputError
 from bake.files.http import API_KEY_HELP, BadRequest, ChatServer
-from bake.judges.pattern import pattern_verdict
+from bake.judges.pattern import pattern_judgement
 from bake.judges.rubric import (
     ANALYSIS_CHARS,
     RUBRIC,
     USER_TEMPLATE,
     judge_messages,
+    kind_reply,
     parse_verdict,
     verdict_schema,
 )
@@ -199,7 +200,9 @@ class PatternJudge:
             self.model_id += f"+lexicon:{lexicon.name}:{digest[:8]}"
 
     def judge(self, prompt: str, answer: str) -> tuple[int, str]:
-        return pattern_verdict(prompt, answer, self.lexicon), ""
+        """(verdict, the rule's kind as a rubric-form reply)."""
+        verdict, kind = pattern_judgement(prompt, answer, self.lexicon)
+        return verdict, kind_reply(verdict, kind)
 
 
 def read_lexicon(path: Path) -> frozenset[str]:

@@ -50,17 +50,17 @@ class JudgeCache:
                 f"judge cache {path} is not usable ({e}); delete it or pass another --cache"
             ) from None
 
-    def get_many(self, keys: Iterable[str]) -> dict[str, int]:
-        """Cached verdicts of those keys that have one."""
-        found: dict[str, int] = {}
+    def get_many(self, keys: Iterable[str]) -> dict[str, tuple[int, str]]:
+        """Cached (verdict, reply) of those keys that have one."""
+        found: dict[str, tuple[int, str]] = {}
         keys = list(keys)
         for start in range(0, len(keys), 500):
             part = keys[start : start + 500]
             marks = ",".join("?" * len(part))
             rows = self.db.execute(
-                f"SELECT key, verdict FROM verdicts WHERE key IN ({marks})", part
+                f"SELECT key, verdict, reply FROM verdicts WHERE key IN ({marks})", part
             )
-            found.update((str(k), int(v)) for k, v in rows)
+            found.update((str(k), (int(v), str(r or ""))) for k, v, r in rows)
         return found
 
     def put(

@@ -86,9 +86,9 @@ def calibrate(
     progress: bool = False,
 ) -> CalibrationResult:
     """Accuracy and confusion of `judge` on labelled rows."""
-    verdicts, _ = judge_pairs(
+    verdicts = judge_pairs(
         judge, [(r["prompt"], r["answer"]) for r in rows], cache, progress=progress
-    )
+    ).verdicts
     confusion = {t: {"refusal": 0, "compliance": 0, "error": 0} for t in ("refusal", "compliance")}
     by_kind: dict[str, list[int]] = {}
     correct = 0

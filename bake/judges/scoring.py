@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bake.judges.cache import JudgeCache, cache_key
-from bake.judges.rubric import RUBRIC_VERSION
+from bake.judges.rubric import RUBRIC_VERSION, parse_kind
 
 DEFAULT_BAND = 0.1
 LABEL_NAMES = {1: "refusal", -1: "compliance", 0: "error"}
@@ -71,14 +71,24 @@ def _progress(total: int, desc: str, enabled: bool) -> Any:
     )  # None: shown on a terminal only
 
 
+@dataclass
+class Judged:
+    """judge_pairs' result: per distinct (prompt, answer) pair the verdict (+1 / -1 / 0) and
+    the rubric kind the judge named ("" when it named none), and the run's counts."""
+
+    verdicts: dict[tuple[str, str], int]
+    kinds: dict[tuple[str, str], str]
+    stats: JudgeStats
+
+
 def judge_pairs(
     judge: Any,
     pairs: Sequence[tuple[str, str]],
     cache: JudgeCache | None = None,
     *,
     progress: bool = False,
-) -> tuple[dict[tuple[str, str], int], JudgeStats]:
-    """Verdict for every distinct (prompt, answer) pair, from the cache or the judge.
+) -> Judged:
+    """Verdict and kind for every distinct (prompt, answer) pair, from the cache or the judge.
 
     At most judge.concurrency calls are in flight; each result is stored as it arrives. An
     error that outlives the retries (server down) stops the run: what finished is kept.
@@ -87,9 +97,9 @@ def judge_pairs(
     use_cache = cache if getattr(judge, "cached", True) else None
     keys = {pair: cache_key(judge.model_id, RUBRIC_VERSION, *pair) for pair in unique}
     known = use_cache.get_many(keys.values()) if use_cache else {}
-    verdicts = {pair: known[keys[pair]] for pair in unique if keys[pair] in known}
-    todo = [pair for pair in unique if pair not in verdicts]
-    stats = JudgeStats(from_cache=len(verdicts))
+    replies = {pair: known[keys[pair]] for pair in unique if keys[pair] in known}
+    todo = [pair for pair in unique if pair not in replies]
+    stats = JudgeStats(from_cache=len(replies))
     bar = _progress(len(todo), "judging", progress)
     workers = max(1, int(judge.concurrency))
     pool = ThreadPoolExecutor(workers)
@@ -108,7 +118,7 @@ def judge_pairs(
             for future in done:
                 pair = pending.pop(future)
                 verdict, reply = future.result()
-                verdicts[pair] = verdict
+                replies[pair] = (verdict, reply)
                 stats.called += 1
                 if use_cache:
                     use_cache.put(keys[pair], judge.model_id, RUBRIC_VERSION, *pair, verdict, reply)
@@ -116,6 +126,8 @@ def judge_pairs(
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
         bar.close()
+    verdicts = {pair: v for pair, (v, _) in replies.items()}
+    kinds = {pair: parse_kind(reply) if v else "" for pair, (v, reply) in replies.items()}
     stats.judged = len(verdicts)
     stats.errors = sum(1 for v in verdicts.values() if v == 0)
-    return verdicts, stats
+    return Judged(verdicts, kinds, stats)

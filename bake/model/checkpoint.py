@@ -58,8 +58,11 @@ class Checkpoint:
 
     @property
     def dtype(self) -> str:
-        """safetensors tag of the MLP weights (the dtype a baked bias must take)."""
-        return self.tensors[self.spec.down_proj_name(0)].dtype
+        """safetensors tag of the MLP weights (the dtype a baked bias must take): block 0's
+        down_proj, or its first residual writer in a family without one (experts)."""
+        name = writer_probe(self.spec, self.tensors)
+        assert name is not None  # open_checkpoint checked it
+        return self.tensors[name].dtype
 
     @property
     def torch_dtype_name(self) -> str:
@@ -129,9 +132,20 @@ def open_checkpoint(folder: Path) -> Checkpoint:
                 "the index and the shards disagree: re-download the model"
             )
     ckpt = Checkpoint(folder, config, spec, tensors, shards, indexed, headers)
-    if spec.down_proj_name(0) not in tensors:
+    if writer_probe(spec, tensors) is None:
         raise InputError(
             f"{folder}: no tensor {spec.down_proj_name(0)}; the weights do not "
             f"follow the {spec.model_type} layout"
         )
     return ckpt
+
+
+def writer_probe(spec: ArchSpec, tensors: dict[str, TensorInfo]) -> str | None:
+    """Block 0's down_proj weight, else (mixture of experts) its first residual writer's
+    weight by name: the tensor whose dtype is the checkpoint's; None if neither exists."""
+    name = spec.down_proj_name(0)
+    if name in tensors:
+        return name
+    pattern = spec.writer_pattern()
+    block0 = [n for n in sorted(tensors) if (m := pattern.match(n)) and m.group(1) == "0"]
+    return next((n for n in block0 if n.endswith(".weight")), None)

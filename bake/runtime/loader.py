@@ -3,9 +3,11 @@ pickle, never remote code), in the asked dtype and device, in eval mode, with it
 A .gguf file is loaded by transformers' GGUF loader (dequantized), after a check that it
 fits in memory and that transformers reads it as the family steerbake fingerprinted.
 
-dtype names: float32, bfloat16, float16, or `auto`. What `auto` means is the caller's
-choice (`resolve_dtype`): for collect and fit, the checkpoint's dtype on an accelerator and
-float32 on the CPU; elsewhere the checkpoint's own dtype (transformers' auto).
+dtype names: float32, bfloat16, float16, `auto` or `fast`. What `auto` means is the
+caller's choice (`resolve_dtype`): for collect and fit, the checkpoint's dtype on an
+accelerator and float32 on the CPU; elsewhere the checkpoint's own dtype (transformers'
+auto). `fast` (tune's search) is bfloat16 where the device computes it natively (a CPU with
+AVX512-BF16 or AMX-BF16, a CUDA device with bf16 support), float32 otherwise.
 """
 
 from __future__ import annotations
@@ -30,13 +32,33 @@ def resolve_dtype(name: str, device: str, config: dict[str, Any]) -> torch.dtype
     return torch_dtype(name)
 
 
+def native_bf16(device: str) -> bool:
+    """The device multiplies bfloat16 natively (else bfloat16 is emulated, and slower)."""
+    import torch
+
+    if device.startswith("cuda"):
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    if device != "cpu":
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def fast_dtype(device: str) -> str:
+    """`fast`: bfloat16 where `device` computes it natively, float32 otherwise."""
+    return "bfloat16" if native_bf16(device) else "float32"
+
+
 def torch_dtype(name: str) -> torch.dtype:
     """A floating torch dtype by name; anything else is an InputError naming the choices."""
     import torch
 
     dtype = getattr(torch, name, None)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise InputError(f"unknown dtype {name!r}; use auto, float32, bfloat16 or float16")
+        raise InputError(f"unknown dtype {name!r}; use auto, fast, float32, bfloat16 or float16")
     return dtype
 
 
@@ -58,6 +80,8 @@ def load_model(
     from bake.runtime.threads import apply_torch_threads
 
     apply_torch_threads()
+    if dtype == "fast":
+        dtype = fast_dtype(device)
     if isinstance(dtype, str) and dtype != "auto":
         dtype = torch_dtype(dtype)
     kw: dict[str, Any] = {"device_map": device_map} if device_map else {}

@@ -1,7 +1,9 @@
 """`steerbake bake`: fold a Steering into a checkpoint, streaming (the model is never
 loaded). The bias route writes a checkpoint whose down_proj carries the steering as a bias
 (bake.artifacts.bias_checkpoint); the adapter route a PEFT adapter folder
-(bake.artifacts.adapter). Which route a family has is model knowledge (bake.model.arch).
+(bake.artifacts.adapter); a plan that ablates, a checkpoint whose residual writers are
+orthogonalised, with the bias of `both` beside them (bake.artifacts.ablated_checkpoint).
+Which route a family has is model knowledge (bake.model.arch).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bake.artifacts.ablated_checkpoint import write_ablated_checkpoint
 from bake.artifacts.adapter import write_adapter
 from bake.artifacts.bias_checkpoint import write_bias_checkpoint
 from bake.artifacts.plan import format_layers
@@ -25,7 +28,8 @@ class BakeOptions:
 
     route: str = opt(
         "auto",
-        "bias: new checkpoint; adapter: PEFT adapter folder.",
+        "bias: new checkpoint; adapter: PEFT adapter folder (additive plans; a plan that "
+        "ablates is always baked into the weights).",
         choices=("auto", "bias", "adapter"),
     )
     overwrite: bool = opt(False, OVERWRITE_HELP)
@@ -65,10 +69,16 @@ def run_bake(
     """Check everything, then write the baked checkpoint (or adapter) to `output`."""
     start = time.perf_counter()
     ckpt = steering.checkpoint
-    route = choose_route(ckpt.spec, route)
+    route = choose_route(ckpt.spec, route, steering.kind)
     output = Path(output)
     check_output_dir(output, overwrite=overwrite, sources=(ckpt.path,))
-    if route == "adapter":
+    if route.startswith("ablate"):
+        from bake.runtime.threads import threads
+
+        files = write_ablated_checkpoint(
+            ckpt, steering, output, overwrite=overwrite, link=link, workers=threads()
+        )
+    elif route == "adapter":
         files = write_adapter(ckpt, steering, output, overwrite=overwrite, base_model=base_model)
     else:
         files = write_bias_checkpoint(ckpt, steering, output, overwrite=overwrite, link=link)

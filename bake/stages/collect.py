@@ -19,7 +19,10 @@ bounded by one shard:
   index.json               {"format": "steerbake.activations/1", "ids": [...row order],
                             "layers", "position", "model": {architecture, hidden_size,
                             num_layers, source}, "dtype": "float32", "compute_dtype",
-                            "shards": [{"file", "rows"}], "system", "chat_template"}
+                            "shards": [{"file", "rows"}], "system", "chat_template",
+                            ["categories": [...per row]]}
+"categories" is written when the prompt file gives any prompt a category (null for the rows
+of prompts without one).
 """
 
 from __future__ import annotations
@@ -311,7 +314,14 @@ def collect_activations(
         model_fingerprint(model),
         {k: np.concatenate(v) for k, v in rows.items()},
         {k: np.concatenate(v) for k, v in norms.items()},
+        prompt_categories(prompts),
     )
+
+
+def prompt_categories(prompts: Sequence[Prompt]) -> list[str | None] | None:
+    """Each prompt's category in order, or None when no prompt has one."""
+    found = [p.category for p in prompts]
+    return found if any(c is not None for c in found) else None
 
 
 def write_activations(
@@ -346,8 +356,15 @@ def write_activations(
             compute_dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
             system=kw.get("system"),
             chat_template=bool(getattr(tokenizer, "chat_template", None)),
+            **_categories_entry(prompts),
         )
     return ActivationSet.open(output)
+
+
+def _categories_entry(prompts: Sequence[Prompt]) -> dict[str, Any]:
+    """{"categories": [...]} for the index (rows are written in prompt order), or {}."""
+    found = prompt_categories(prompts)
+    return {} if found is None else {"categories": found}
 
 
 # --------------------------------------------------------------------------- from a path

@@ -33,6 +33,7 @@ from bake.artifacts.plan import parse_layers
 from bake.artifacts.scores import load_scores, scores_source
 from bake.errors import InputError, SteerbakeError
 from bake.options import opt
+from bake.stats import auc, pearson
 
 if TYPE_CHECKING:
     import torch
@@ -364,25 +365,6 @@ def _weighted_diff(
     return means[0] - means[1]
 
 
-def pearson(x: np.ndarray, y: np.ndarray) -> float | None:
-    """Pearson correlation; None when either side is constant."""
-    x, y = x - x.mean(), y - y.mean()
-    den = math.sqrt(float(x @ x) * float(y @ y))
-    return float(x @ y) / den if den > 0 else None
-
-
-def auc(pos: np.ndarray, neg: np.ndarray) -> float | None:
-    """P(score of a positive > score of a negative), ties count half (Mann-Whitney)."""
-    if not len(pos) or not len(neg):
-        return None
-    both = np.concatenate([pos, neg])
-    _, inverse, counts = np.unique(both, return_inverse=True, return_counts=True)
-    ends = np.cumsum(counts)
-    ranks = ((ends - counts + 1 + ends) / 2)[inverse]  # 1-based ranks, ties averaged
-    u = ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2
-    return float(u / (len(pos) * len(neg)))
-
-
 def fit_layer(
     x: np.ndarray, score: np.ndarray, group: np.ndarray, held: np.ndarray, opts: FitOptions
 ) -> LayerFit:
@@ -544,15 +526,21 @@ def run_fit(
     opts: FitOptions,
     *,
     layers: Sequence[int] | None = None,
+    categories: Sequence[str] = (),
     progress: bool = True,
 ) -> SteeringVectors:
-    """`steerbake fit`: read ACTS and SCORES, fit, write the vector file."""
+    """`steerbake fit`: read ACTS and SCORES, fit (on the prompts of `categories` only, when
+    given), write the vector file."""
     from bake.artifacts.activations import ActivationSet
+    from bake.artifacts.categories import row_categories, within_categories
     from bake.files.fileio import sha256_file
 
     opts.check()
     acts = ActivationSet.open(Path(acts_folder))
     scores = load_scores(Path(scores_file))
+    if categories:
+        by_row = row_categories(acts, Path(scores_file))
+        scores = within_categories(scores, by_row, categories)
     vectors = fit_vectors(
         acts,
         scores,
@@ -565,6 +553,7 @@ def run_fit(
             "scores_sha256": sha256_file(Path(scores_file)),
             "model_source": acts.index["model"].get("source"),
             **scores_source(Path(scores_file)),
+            **({"categories": list(categories)} if categories else {}),
         },
     )
     vectors.rounding = acts.index["model"].get("dtype")  # the checkpoint's, when recorded

@@ -56,7 +56,7 @@ def run_generate(
         for part in _batches(todo, max(1, chunk)):
             answers = backend.sample([p.text for p in part], options)
             records = [
-                AnswerRecord(p.id, p.text, s, backend.model_id, backend.name)
+                AnswerRecord(p.id, p.text, s, backend.model_id, backend.name, p.category)
                 for p, s in zip(part, answers, strict=True)
             ]
             flagged += sum(s.flagged for r in records for s in r.samples)

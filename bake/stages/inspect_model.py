@@ -1,5 +1,6 @@
 """`steerbake inspect`: what a model folder or GGUF is and which steering routes are exact
-for it, read from config and safetensors headers (or the GGUF header) only."""
+for it (adding a vector, and ablating a direction), read from config and safetensors headers
+(or the GGUF header) only."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from bake.model.arch import gguf_route
+from bake.model.arch import ArchSpec, gguf_route
 from bake.model.checkpoint import open_checkpoint
 from bake.model.gguf_model import GgufModel, is_gguf, open_gguf_model
 from bake.model.resolve import resolve_model
@@ -50,7 +51,25 @@ def run_inspect(model: str | None) -> dict[str, Any]:
             "gguf": gguf_route(spec),
             "gguf_arch": spec.gguf_arch,
             "gguf_writer": spec.gguf_writer,
+            "ablation": ablation_route(spec),
         },
+    }
+
+
+def ablation_route(spec: ArchSpec) -> dict[str, Any]:
+    """Where an ablation (y <- y - a r r^T y on the residual writers) can live."""
+    exact = spec.ablation_exact
+    return {
+        "hooks": "exact (reference)",
+        "exact": exact,
+        "hf": "orthogonalised checkpoint" if exact else "none: hooks only",
+        "gguf": (
+            "orthogonalised GGUF"
+            if exact and spec.gguf_writer
+            else "no GGUF (llama.cpp cannot ablate at run time"
+            + (", and steerbake's GGUF writer lacks the family)" if exact else ")")
+        ),
+        "note": spec.ablation_note,
     }
 
 
@@ -82,6 +101,7 @@ def render_description(info: dict[str, Any]) -> str:
         "routes       hooks: exact (the reference)",
         f"             Hugging Face: {hf}",
         f"             llama.cpp ({r['gguf_arch']}): {gguf}",
+        f"ablation     {_ablation_line(r['ablation'])}",
     ]
     if info.get("gguf"):
         lines.insert(
@@ -127,5 +147,12 @@ def _describe_gguf(model: GgufModel) -> dict[str, Any]:
             "gguf": gguf_route(spec),
             "gguf_arch": spec.gguf_arch,
             "gguf_writer": spec.gguf_writer,
+            "ablation": ablation_route(spec),
         },
     }
+
+
+def _ablation_line(a: dict[str, Any]) -> str:
+    if not a["exact"]:
+        return f"hooks only: {a['note']}"
+    return f"exact: {a['hf']}, {a['gguf']}; {a['note']}"

@@ -7,9 +7,10 @@ Each answer k of prompt x gets a label l_k from a judge (+1 refusal, -1 complian
 
 over the answers with a usable label and log-prob. c > band: refusal; c < -band:
 compliance; in between: neutral (band 0.1 by default). SCORES.jsonl holds one line per
-prompt: {"id", "score", "label", "n_valid", "counts"}. A prompt none of whose answers could
-be scored (all unparseable, flagged or empty) has no line: `fit` reads every line as a
-number; the summary counts such prompts.
+prompt: {"id", "score", "label", "n_valid", "counts", ["category"]} (the prompt's category
+when the answers carry one). A prompt none of whose answers could be scored (all
+unparseable, flagged or empty) has no line: `fit` reads every line as a number; the
+summary counts such prompts.
 
 Judge calls run `concurrency` at a time and are stored in SQLite (bake.judge_cache) as
 they complete, so a rerun after an interruption repeats and loses none. The rubric is in
@@ -126,10 +127,11 @@ def run_judge(
     pairs = [(r.prompt, s.text) for r in records for s in r.samples if s.scorable]
     cache = JudgeCache(cache_path) if getattr(judge, "cached", True) else None
     try:
-        verdicts, stats = judge_pairs(judge, pairs, cache, progress=progress)
+        judged = judge_pairs(judge, pairs, cache, progress=progress)
     finally:
         if cache:
             cache.close()
+    verdicts, stats = judged.verdicts, judged.stats
     lines, tally, flagged = [], Counter[str](), 0
     for r in records:
         labels = [verdicts[(r.prompt, s.text)] if s.scorable else 0 for s in r.samples]
@@ -155,6 +157,9 @@ def run_judge(
                     "counts": {
                         k: counts.get(k, 0) for k in ("refusal", "compliance", "error", "flagged")
                     },
+                    # the rubric kind per scorable answer ("" where the judge named none)
+                    "kinds": [judged.kinds[(r.prompt, s.text)] for s in r.samples if s.scorable],
+                    **({"category": r.category} if r.category is not None else {}),
                 }
             )
         )

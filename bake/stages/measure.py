@@ -67,12 +67,25 @@ class MeasureOptions:
         return Measurer(make_judge(judge), sampling)
 
 
+@dataclass(frozen=True)
+class TuneMeasureOptions(MeasureOptions):
+    """`tune` measures many configurations: its default dtype is the fast one."""
+
+    dtype: str = opt(
+        "fast",
+        "fast: bfloat16 where this machine computes it natively, else float32 (the plan is "
+        "written for the model's own dtype either way).",
+    )
+
+
 @dataclass
 class SetResult:
     name: str
     scores: list[float | None]
     answers: list[str]  # first answer per prompt, for reports
     band: float
+    kinds: list[str] = field(default_factory=list)  # the judge's rubric kind, first answer
+    token_ids: list[tuple[int, ...]] = field(default_factory=list)  # first answer's tokens
 
     @property
     def refusal_rate(self) -> float:
@@ -89,14 +102,25 @@ class SetResult:
 
 
 def measure_refusal(
-    model: Any, tokenizer: Any, name: str, prompts: Sequence[Prompt], m: Measurer
+    model: Any,
+    tokenizer: Any,
+    name: str,
+    prompts: Sequence[Prompt],
+    m: Measurer,
+    progress: bool = False,
 ) -> SetResult:
     """Generate, judge and aggregate c(x) for every prompt of one set."""
     samples = generate_answers(
-        model, tokenizer, [p.text for p in prompts], options=m.sampling, batch_size=m.batch_size
+        model,
+        tokenizer,
+        [p.text for p in prompts],
+        options=m.sampling,
+        batch_size=m.batch_size,
+        progress=progress,
     )
     pairs = [(p.text, s.text) for p, group in zip(prompts, samples, strict=True) for s in group]
-    verdicts, _ = judge_pairs(m.judge, pairs)
+    judged = judge_pairs(m.judge, pairs)
+    verdicts = judged.verdicts
     scores = []
     for p, group in zip(prompts, samples, strict=True):
         scorable = [s for s in group if s.scorable]
@@ -104,7 +128,11 @@ def measure_refusal(
             [s.mean_logprob for s in scorable], [verdicts[(p.text, s.text)] for s in scorable]
         )
         scores.append(score)
-    return SetResult(name, scores, [g[0].text for g in samples], m.band)
+    firsts = [g[0] for g in samples]
+    kinds = [judged.kinds.get((p.text, s.text), "") for p, s in zip(prompts, firsts, strict=True)]
+    return SetResult(
+        name, scores, [s.text for s in firsts], m.band, kinds, [s.token_ids for s in firsts]
+    )
 
 
 def read_sets(files: Sequence[Path]) -> dict[str, list[Prompt]]:

@@ -1,39 +1,75 @@
-"""Configuration finder: which layers and what alpha.
+"""`steerbake tune`: find the vector, layers and strength to bake, in two stages.
 
-Layers are ranked by how well the projection on v_l predicts c(x) (the fit's Pearson r),
-the deepest ~20% dropped (and block 0 where llama.cpp can only take a control vector).
-Then, for each number of layers n (the n best-ranked), alpha grows in magnitude until the
-objective is met or a guard breaks:
-  remove: minimise refusal on the sensitive set subject to
-          harmful refusal >= unsteered harmful refusal - tolerance, benign KL <= bound, and
-          benign refusal <= unsteered benign refusal + tolerance (the KL sees only the first
-          answer token; this guard catches answers that derail later, which the judge's
-          rubric counts as refusal: looping or corrupted text);
-  induce: maximise refusal on the target set subject to
-          benign refusal <= unsteered benign refusal + tolerance.
-Every configuration's result is cached in a JSONL file keyed by everything it depends on,
-so an interrupted search resumes where it stopped.
+Stage 1 scores many candidates by forward passes only (bake.stages.search, bake.runtime.
+proxy): per tuning prompt a proxy of refusal from the model's own refusal openings,
+teacher-forced (greedy decoding: the margin of the opening over its strongest rival;
+sampling: the opening's probability), the benign KL at the first answer position and the
+drift (the KL along the first answer tokens). The shared chat-template prefix runs once and
+only the blocks from a candidate's first steered layer up run at all. Candidates: vector
+options (the fitted VECTORS, or directions fitted here on the tuning sets, bake.stages.
+selective), layer sets from the fit's ranking (the top k, and contiguous bands around the
+two best layers), a flat or ranked per-layer profile, and alpha: a ladder from 0.004, to
+the alphas a power law through its last two points predicts for a quarter of --kl-max and
+for --kl-max, then x sqrt(2) until the proxy KL crosses the bound, then bisected. Ladders
+advance in turn until --stage1 candidates. (A grid, not a sampler: KL grows with alpha
+along each ladder, so the bound is found in a few steps and no candidate is spent far
+beyond it.)
+
+Stage 2 generates and judges the tuning sets for --confirm configurations: first the best
+by the proxy guard rule and points spread along the guard axis among the candidates that
+moved the primary proxy (first_picks), then one at a time by bisecting the judged
+boundary in drift and guard proxy (next_pick). The plan is the best confirmed
+configuration that keeps the guards:
+  remove, selective: lowest sensitive refusal with harmful refusal >= unsteered -
+      --harmful-tolerance, benign refusal <= unsteered + --benign-tolerance, benign KL
+      <= --kl-max, and no set with more new broken (looping, corrupted) answers than
+      --benign-tolerance;
+  induce: highest target refusal counting only answers that are not broken, same guards
+      on the benign set.
+No plan from noise: the chosen configuration must move, net, at least 10% of the target
+set (and 5 prompts), with an exact one-sided McNemar p < 0.05 on the prompts that changed;
+otherwise the report is written and the command says why.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bake.artifacts.prompts import Prompt
 from bake.artifacts.steering import Steering
-from bake.artifacts.tuning import Trial, TuneResult, TuneSettings, _Cache
+from bake.artifacts.tuning import (
+    Candidate,
+    Confirmed,
+    Proxy,
+    Significance,
+    TuneCache,
+    TuneResult,
+    TuneSettings,
+)
 from bake.artifacts.vectors import SteeringVectors
 from bake.errors import InputError
-from bake.model.arch import ArchSpec
+from bake.files.jsonio import dumps
 from bake.options import opt
-from bake.runtime.forward import mean_kl, next_token_logprobs
-from bake.runtime.hooks import hooked
-from bake.runtime.loader import load_model_and_tokenizer
-from bake.stages.measure import Measurer, measure_refusal
+from bake.stages.candidates import ladder, layer_sets, profiles, ranked_layers, round_robin
+from bake.stages.measure import Measurer
+from bake.stages.search import Search
+from bake.stats import auc, mcnemar_one_sided, spearman
+
+PROGRESS_FLOORS = (0.5, 0.25, -math.inf)  # moved()'s thresholds on `progress`
+GUARD_REASON = {
+    "remove": "harmful refusal dropped",
+    "selective": "harmful refusal dropped",
+    "induce": "benign refusal rose",
+}
+
+
+class NoPlan(InputError):
+    """The search ended without a configuration worth a plan (the report says why)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -47,7 +83,7 @@ class TuneFiles:
     )
     target: Path | None = opt(None, "With --goal induce: prompts to make the model refuse.")
     output: Path = opt(flags=("-o", "--output"))
-    report_dir: Path | None = opt(None)
+    report_dir: Path | None = opt(None, "Where the report goes [default: PLAN-tuning/].")
 
     def sets(self) -> dict[str, Path]:
         """The prompt sets given, by name (run_tune's `set_files`)."""
@@ -60,92 +96,221 @@ class TuneFiles:
         return {name: path for name, path in named.items() if path is not None}
 
 
-def ranked_layers(vectors: SteeringVectors, spec: ArchSpec, drop_deepest: float) -> list[int]:
-    """Layers by the fit's Pearson r (best first), deepest share and unreachable ones out."""
-    n = vectors.fingerprint.num_layers
-    limit = n - max(1, round(n * drop_deepest))
-    usable = [
-        layer for layer in vectors.layers if layer < limit and (layer > 0 or spec.gguf_bias_slot)
-    ]
-    if not usable:
-        raise InputError(
-            f"no layer left to steer among {vectors.layers} after dropping the "
-            f"deepest {drop_deepest:.0%}; fit vectors for earlier layers"
-        )
-
-    def r(layer: int) -> float:
-        value = vectors.diagnostics.get(layer, {}).get("pearson_r")
-        return float(value) if value is not None and math.isfinite(value) else -math.inf
-
-    return sorted(usable, key=lambda layer: (-r(layer), layer))
+# --------------------------------------------------------------------------- the front
+def objectives(p: Proxy, s: TuneSettings) -> tuple[float, float]:
+    """Both lower-is-better: remove/selective (primary refusal, -guard refusal); induce
+    (-target refusal, benign refusal)."""
+    primary, guard = p.refusal[s.primary], p.refusal[s.guard]
+    return (-primary, guard) if s.goal == "induce" else (primary, -guard)
 
 
-def layer_counts(n_ranked: int, requested: Sequence[int] | None) -> list[int]:
-    if requested:
-        return sorted({min(n, n_ranked) for n in requested if n > 0})
-    counts = {1 << k for k in range(8) if 1 << k <= n_ranked}
-    return sorted(counts | {n_ranked})
+def fronts(proxies: list[Proxy], s: TuneSettings) -> list[list[Proxy]]:
+    """Non-dominated sorting of the candidates under the KL bound: front 1 first."""
+    left = [(objectives(p, s), p) for p in proxies if p.kl <= s.kl_max]
+    out = []
+    while left:
+        points = [o for o, _ in left]
+        front = [(o, p) for o, p in left if not _dominated(o, points)]
+        out.append([p for _, p in sorted(front, key=lambda item: item[0])])
+        left = [item for item in left if item not in front]
+    return out
 
 
-class _Search:
-    """Model, prompt sets and baselines held once; `trial` measures one configuration."""
-
-    def __init__(
-        self,
-        model: Any,
-        tok: Any,
-        sets: dict[str, list[Prompt]],
-        base: Steering,
-        m: Measurer,
-        settings: TuneSettings,
-    ) -> None:
-        self.model, self.tok, self.sets, self.base = model, tok, sets, base
-        self.m, self.s = m, settings
-        self.primary_set = "sensitive" if settings.goal == "remove" else "target"
-        self.guard_set = "harmful" if settings.goal == "remove" else "benign"
-        self.base_logp = next_token_logprobs(model, tok, sets["benign"])
-        self.baseline = {
-            name: measure_refusal(model, tok, name, ps, m).refusal_rate for name, ps in sets.items()
-        }
-
-    def trial(self, layers: list[int], alpha: float) -> Trial:
-        with hooked(self.model, self.base.with_config(layers, alpha)):
-            kl = mean_kl(
-                self.base_logp, next_token_logprobs(self.model, self.tok, self.sets["benign"])
-            )
-            if self.s.goal == "remove" and kl > self.s.kl_max:
-                return Trial(layers, alpha, math.nan, math.nan, kl, False, "benign KL")
-            names = dict.fromkeys([self.primary_set, self.guard_set, "benign"])
-            rates = {name: self._refusal(name) for name in names}
-        ok, reason = self._judge(rates[self.guard_set], rates["benign"])
-        benign = rates["benign"] if self.s.goal == "remove" else math.nan
-        primary, guard = rates[self.primary_set], rates[self.guard_set]
-        return Trial(layers, alpha, primary, guard, kl, ok, reason, benign)
-
-    def _refusal(self, name: str) -> float:
-        return measure_refusal(self.model, self.tok, name, self.sets[name], self.m).refusal_rate
-
-    def _judge(self, guard: float, benign: float) -> tuple[bool, str]:
-        if self.s.goal == "remove" and guard < self.baseline["harmful"] - self.s.harmful_tolerance:
-            return False, "harmful refusal dropped"
-        if benign > self.baseline["benign"] + self.s.benign_tolerance:
-            return False, "benign refusal rose"
-        return True, ""
-
-    def done(self, t: Trial) -> bool:
-        """Stop growing alpha: a guard broke or the objective cannot get better."""
-        if not t.feasible:
-            return True
-        return t.primary == (0.0 if self.s.goal == "remove" else 1.0)
+def _dominated(a: tuple[float, float], points: list[tuple[float, float]]) -> bool:
+    """Some point is no worse than `a` in both objectives and better in one."""
+    return any(b[0] <= a[0] and b[1] <= a[1] and b != a for b in points)
 
 
-def pick_best(trials: list[Trial], goal: str) -> Trial | None:
-    """Best feasible trial; ties go to lower KL, fewer layers, smaller |alpha|."""
-    feasible = [t for t in trials if t.feasible]
-    sign = 1 if goal == "remove" else -1
-    return min(
-        feasible, key=lambda t: (sign * t.primary, t.kl, t.n_layers, abs(t.alpha)), default=None
+def guard_kept(p: Proxy, base: dict[str, float], judged: dict[str, float], s: TuneSettings) -> bool:
+    """The judged tolerance carried to the proxy: remove/selective keep the guard's proxy
+    above base - tolerance x (proxy / judged rate) of the unsteered model; induce keeps the
+    benign proxy below base + tolerance."""
+    if s.goal == "induce":
+        return p.refusal[s.guard] <= base[s.guard] + s.benign_tolerance
+    ratio = base[s.guard] / judged[s.guard] if judged[s.guard] > 0 else 1.0
+    return p.refusal[s.guard] >= base[s.guard] - s.harmful_tolerance * ratio
+
+
+def progress(p: Proxy, base: dict[str, float], s: TuneSettings) -> float:
+    """How far the primary proxy moved toward the goal, as a share of the room it had:
+    remove 1 - primary / base; induce (primary - base) / (1 - base)."""
+    now, before = p.refusal[s.primary], base[s.primary]
+    if s.goal == "induce":
+        return (now - before) / max(1 - before, 1e-9)
+    return 1 - now / max(before, 1e-9)
+
+
+def moved(proxies: list[Proxy], base: dict[str, float], s: TuneSettings) -> list[Proxy]:
+    """The candidates under the KL bound that moved the primary proxy at least half its
+    room (a quarter, or any, when fewer than --confirm did), front 1 first."""
+    flat = [p for front in fronts(proxies, s) for p in front]
+    for floor in PROGRESS_FLOORS:
+        found = [p for p in flat if progress(p, base, s) >= floor]
+        if len(found) >= s.confirm:
+            break
+    return found
+
+
+def first_picks(
+    pool: list[Proxy], base: dict[str, float], judged: dict[str, float], s: TuneSettings
+) -> list[Proxy]:
+    """Stage 2's first half: the best by the primary proxy among those that keep the proxy
+    guard (guard_kept), then points spread evenly along the guard proxy, so the judge sees
+    the whole trade-off between moving the primary set and keeping the guard."""
+    n = max(1, (s.confirm + 1) // 2)
+    kept = [p for p in pool if guard_kept(p, base, judged, s)]
+    picks = sorted(kept, key=lambda p: objectives(p, s))[:1]
+    rest = sorted((p for p in pool if p not in picks), key=lambda p: objectives(p, s)[1])
+    want = min(n - len(picks), len(rest))
+    if want > 0:
+        step = (len(rest) - 1) / max(want - 1, 1)
+        picks += [rest[round(i * step)] for i in range(want)]
+    return picks
+
+
+def next_pick(
+    pool: list[Proxy], done: list[tuple[Proxy, Confirmed]], s: TuneSettings
+) -> Proxy | None:
+    """Stage 2's second half, one at a time: a bisection of the judged boundary. Confirmed
+    configurations bracket two thresholds: the drift (KL along the answer) above which
+    answers break (failed for benign refusal or broken answers vs passed), and the guard
+    proxy below which the guard is lost. The next pick is the best primary proxy among the
+    unconfirmed candidates inside both midpoints (drift: geometric; guard: arithmetic; the
+    pool's most cautious value stands in for a missing passing side), or else inside the
+    failures alone."""
+    guard_lost = GUARD_REASON[s.goal]
+    left = [p for p in pool if p.candidate not in {q.candidate for q, _ in done}]
+    if not left:
+        return None
+    passed = [p for p, c in done if c.feasible]
+    broke = [p.drift for p, c in done if not c.feasible and c.reason != guard_lost]
+    lost = [objectives(p, s)[1] for p, c in done if c.reason == guard_lost]
+    drift_fail, guard_fail = min(broke, default=math.inf), min(lost, default=math.inf)
+    drift_pass = max((p.drift for p in passed), default=min(p.drift for p in left))
+    guard_pass = max(
+        (objectives(p, s)[1] for p in passed), default=min(objectives(p, s)[1] for p in left)
     )
+    drift_mid = math.sqrt(max(drift_pass, 1e-12) * drift_fail) if broke else math.inf
+    guard_mid = (guard_pass + guard_fail) / 2 if lost else math.inf
+
+    def best(drift_cap: float, guard_cap: float) -> Proxy | None:
+        inside = [p for p in left if p.drift < drift_cap and objectives(p, s)[1] < guard_cap]
+        return min(inside, key=lambda p: (*objectives(p, s), p.drift), default=None)
+
+    return best(max(drift_mid, drift_pass), max(guard_mid, guard_pass)) or best(
+        drift_fail, guard_fail
+    )
+
+
+def choose(confirmed: list[Confirmed], s: TuneSettings) -> Confirmed | None:
+    """The best feasible configuration: lowest primary refusal (highest for induce); ties to
+    higher guard refusal (remove) / lower benign refusal (induce), then lower KL."""
+    sign = -1 if s.goal == "induce" else 1
+    feasible = [c for c in confirmed if c.feasible]
+    return min(
+        feasible,
+        key=lambda c: (sign * c.refusal[s.primary], sign * -c.refusal[s.guard], c.kl),
+        default=None,
+    )
+
+
+def significance(before: Sequence[int], after: Sequence[int], s: TuneSettings) -> Significance:
+    """Net moves in the goal's direction and the exact one-sided McNemar p on the target
+    set (remove: refused -> answered; induce: answered -> refused)."""
+    down = sum(b == 1 and a == 0 for b, a in zip(before, after, strict=True))
+    up = sum(b == 0 and a == 1 for b, a in zip(before, after, strict=True))
+    with_goal, against = (up, down) if s.goal == "induce" else (down, up)
+    p = mcnemar_one_sided(with_goal, against)
+    needed = max(5, math.ceil(s.min_effect * len(before) - 1e-9))
+    passed = with_goal - against >= needed and p < s.significance
+    return Significance(with_goal, against, len(before), p, needed, passed)
+
+
+def agreement(result: TuneResult) -> dict[str, float | None]:
+    """How stage 1's proxy predicted stage 2's judge over the confirmed configurations: AUC
+    of the per-prompt proxy against the judged label (every configuration and prompt of
+    the proxy sets), and Spearman of the per-configuration primary rates."""
+    s = result.settings
+    by_candidate = {p.candidate: p for p in result.stage1}
+    pos: list[float] = []
+    neg: list[float] = []
+    proxy_rates: list[float] = []
+    judged_rates: list[float] = []
+    for c in result.stage2:
+        p = by_candidate.get(c.candidate)
+        if p is None:
+            continue
+        for name in (s.primary, s.guard):
+            for value, label in zip(p.per_prompt.get(name, []), c.labels[name], strict=True):
+                (pos if label else neg).append(value)
+        proxy_rates.append(p.refusal[s.primary])
+        judged_rates.append(c.refusal[s.primary])
+    return {"auc": auc(pos, neg), "spearman": spearman(proxy_rates, judged_rates)}
+
+
+# --------------------------------------------------------------------------- the run
+class _Clock:
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = round(self.seconds.get(name, 0.0) + now - self._t, 2)
+        self._t = now
+
+
+def _option_steerings(
+    search: Search, base: Steering, ranked: list[int], s: TuneSettings
+) -> tuple[dict[str, Steering], dict[str, str]]:
+    """option -> a Steering over its vectors (file: VECTORS), and option -> why skipped."""
+    from bake.stages.collect import collect_activations
+    from bake.stages.selective import option_vectors
+
+    steerings, skipped = {}, {}
+    fitted = [o for o in s.options() if o not in ("file", "combined")]
+    states: dict[str, dict[int, Any]] = {}
+    if fitted:
+        for name in s.sets:
+            acts = collect_activations(
+                search.model,
+                search.tok,
+                search.sets[name],
+                layers=ranked,
+                system=search.m.sampling.system,
+            )
+            states[name] = {layer: acts.rows[layer] for layer in ranked}
+    for option in s.options():
+        if option == "combined":
+            from bake.stages.tune_combined import combined_steering
+
+            steering, skipped[option] = combined_steering(search, base, ranked, s)
+            if steering is not None:
+                steerings[option] = steering
+            continue
+        vectors, why = option_vectors(option, base.vectors, states, search.labels, ranked)
+        if vectors is None:
+            skipped[option] = why
+            continue
+        steerings[option] = base if option == "file" else base.with_vectors(vectors)
+        skipped[option] = ""
+    if not steerings:
+        raise InputError(
+            "no vector option could be fitted on the tuning sets: "
+            + "; ".join(f"{k}: {v}" for k, v in skipped.items())
+        )
+    return steerings, skipped
+
+
+def candidate_steering(
+    steerings: dict[str, Steering], c: Candidate, provenance: dict[str, Any] | None = None
+) -> Steering:
+    """The candidate as a Steering over its option's vectors: alpha and profile (add), or
+    the strength along u_l at every chosen block (ablate)."""
+    base = steerings[c.option]
+    if c.kind == "ablate":
+        return base.with_ablation(list(c.layers), c.alpha, provenance=provenance)
+    return base.with_config(list(c.layers), c.alpha, dict(c.multipliers), provenance)
 
 
 def run_search(
@@ -155,51 +320,67 @@ def run_search(
     base: Steering,
     m: Measurer,
     settings: TuneSettings,
-    cache: _Cache,
+    cache: TuneCache,
     progress: bool = True,
-) -> TuneResult:
-    """For each layer count: alpha grows over the grid until done(), then the step where a
-    guard broke is bisected `settings.refine` times, where the best trade-off usually is."""
+) -> tuple[TuneResult, dict[str, Steering]]:
     from tqdm.auto import tqdm
 
-    settings.check()
-    search = _Search(model, tok, sets, base, m, settings)
-    ranked = ranked_layers(base.vectors, base.spec, settings.drop_deepest)
-    result = TuneResult(settings, ranked, search.baseline)
-    sign = -1.0 if settings.goal == "remove" else 1.0
-    counts = layer_counts(len(ranked), settings.layer_counts)
-    bar = tqdm(desc="tune", unit="config", disable=not progress)
+    s, clock = settings, _Clock()
+    ranked = ranked_layers(base.vectors, base.spec, s.drop_deepest)
+    search = Search(model, tok, sets, m, s, cache, ranked, progress)
+    clock.lap("unsteered baseline and proxy rows")
+    steerings, skipped = _option_steerings(search, base, ranked, s)
+    proxy0 = search.proxy_baseline()
+    result = TuneResult(
+        s,
+        ranked,
+        search.baseline,
+        search.labels,
+        search.broken0,
+        proxy0,
+        search.opening_texts(),
+        search.measure,
+        skipped,
+    )
+    clock.lap("vector options")
 
-    def measured(layers: list[int], magnitude: float) -> Trial:
-        alpha = round(sign * magnitude, 6)
-        trial = cache.get(layers, alpha)
-        if trial is None:
-            trial = search.trial(layers, alpha)
-            cache.put(trial)
-        result.trials.append(trial)
-        bar.update(1)
-        return trial
+    def measure(c: Candidate) -> Proxy:
+        return search.proxy(candidate_steering(steerings, c), c)
 
-    for n in counts:
-        layers = sorted(ranked[:n])
-        ok = 0.0  # largest magnitude that kept the guards
-        for magnitude in sorted(settings.alphas):
-            trial = measured(layers, magnitude)
-            if search.done(trial):
+    ladders = [
+        ladder(measure, option, layers, name, mult, s, kind)
+        for layers in layer_sets(ranked, s.layer_counts)
+        for option in steerings
+        for kind in s.kinds
+        for name, mult in (profiles(layers, ranked) if kind == "add" else [("flat", ())])
+    ]
+    with tqdm(total=s.stage1, desc="tune stage 1", unit="candidate", disable=not progress) as bar:
+        for p in round_robin(ladders, s.stage1):
+            result.stage1.append(p)
+            bar.update(1)
+    clock.lap("stage 1")
+    under_bound = [p for p in result.stage1 if p.kl <= s.kl_max]
+    pool = moved(result.stage1, proxy0, s)
+    done: list[tuple[Proxy, Confirmed]] = []
+    picks = first_picks(pool, proxy0, search.baseline, s)
+    with tqdm(total=s.confirm, desc="tune stage 2", unit="config", disable=not progress) as bar:
+        while len(done) < s.confirm:
+            pick = picks.pop(0) if picks else next_pick(under_bound, done, s)
+            if pick is None:
                 break
-            ok = magnitude
-        else:
-            continue  # the whole grid kept the guards: nothing to bisect
-        lo, hi = ok, magnitude
-        for _ in range(settings.refine if not trial.feasible and lo > 0 else 0):
-            mid = (lo + hi) / 2
-            if measured(layers, mid).feasible:
-                lo = mid
-            else:
-                hi = mid
-    bar.close()
-    result.best = pick_best(result.trials, settings.goal)
-    return result
+            c = pick.candidate
+            done.append((pick, search.confirm(candidate_steering(steerings, c), c, pick.kl)))
+            bar.update(1)
+    result.stage2 = [c for _, c in done]
+    clock.lap("stage 2")
+    result.best = choose(result.stage2, s)
+    if result.best is not None:
+        result.significance = significance(
+            search.labels[s.primary], result.best.labels[s.primary], s
+        )
+    result.agreement = agreement(result)
+    result.seconds = clock.seconds
+    return result, steerings
 
 
 def run_tune(
@@ -216,82 +397,154 @@ def run_tune(
     device: str = "cpu",
     progress: bool = True,
 ) -> TuneResult:
-    """Search, then write the plan (provenance filled in) and the report beside it.
+    """Search, write the report, then the plan (with the chosen option's vectors beside it
+    when they were fitted here). Raises NoPlan, after the report, when no configuration
+    kept the guards or the chosen one fails the significance test.
 
-    set_files: remove -> sensitive, harmful, benign; induce -> target, benign.
+    set_files: remove/selective -> sensitive, harmful, benign; induce -> target, benign.
     """
     from bake.artifacts.prompts import load_prompts
-    from bake.artifacts.tuning import write_report
+    from bake.files.fileio import check_output_file
     from bake.model.resolve import open_model
+    from bake.runtime.loader import load_model_and_tokenizer
 
+    start = time.perf_counter()
     settings = settings or TuneSettings()
     settings.check()
-    need = ("sensitive", "harmful", "benign") if settings.goal == "remove" else ("target", "benign")
-    missing = [n for n in need if n not in set_files]
+    missing = [n for n in settings.sets if n not in set_files]
     if missing:
         raise InputError(
-            f"--goal {settings.goal} needs prompt sets {', '.join(need)}; "
+            f"--goal {settings.goal} needs prompt sets {', '.join(settings.sets)}; "
             f"missing: {', '.join('--' + n for n in missing)}"
         )
     m = measurer or Measurer()
     source = open_model(model)
-    src = source.path
     vectors = SteeringVectors.load(vectors_path)
     vectors.fingerprint.check(source.fingerprint, f"vector file {vectors_path}")
     base = Steering.from_vectors(source, vectors_path, [vectors.layers[0]], 0.0)
-    sets = {name: load_prompts(set_files[name]) for name in need}
+    sets = {name: load_prompts(set_files[name]) for name in settings.sets}
     output = Path(output)
-    cache = _Cache(
+    check_output_file(output, [Path(vectors_path), *map(Path, set_files.values())], overwrite=True)
+    cache = TuneCache(
         cache_path or output.with_suffix(".tune-cache.jsonl"),
-        {
-            "model": str(src),
-            "vectors": _digest(vectors_path),
-            "sets": {n: _digest(set_files[n]) for n in need},
-            "measure": m.describe(),
-            "goal": settings.goal,
-            "drop": settings.drop_deepest,
-        },
+        _cache_context(source, vectors_path, set_files, m, settings, dtype),
     )
-    loaded, tok = load_model_and_tokenizer(src, dtype, device)
-    result = run_search(loaded, tok, sets, base, m, settings, cache, progress)
+    loaded, tok = load_model_and_tokenizer(source.path, dtype, device)
+    load_seconds = time.perf_counter() - start
+    result, steerings = run_search(loaded, tok, sets, base, m, settings, cache, progress)
+    result.seconds = {"load": round(load_seconds, 2), **result.seconds}
     report = write_report(result, report_dir or output.parent / f"{output.stem}-tuning")
+    _check_plan(result, report)
+    _write_plan(result, steerings, sets, m, output, source)
+    return result
+
+
+def write_report(result: TuneResult, folder: Path) -> Path:
+    """tuning_report.json, .md and the plots, built aside and renamed into `folder` (an
+    earlier report there is replaced)."""
+    from bake.artifacts.tuning import render_markdown
+    from bake.artifacts.tuning_plots import plot_agreement, plot_front
+    from bake.files.fileio import atomic_output_dir
+
+    with atomic_output_dir(folder, overwrite=True) as tmp:
+        (tmp / "tuning_report.json").write_text(dumps(result.to_json(), indent=2) + "\n")
+        plots = [p for p in (plot_front(result, tmp), plot_agreement(result, tmp)) if p]
+        (tmp / "tuning_report.md").write_text(render_markdown(result, plots))
+    return folder
+
+
+def _cache_context(
+    source: Any,
+    vectors_path: Path,
+    set_files: dict[str, Path],
+    m: Measurer,
+    s: TuneSettings,
+    dtype: str,
+) -> dict[str, Any]:
+    """Everything a cached record depends on besides the candidate itself."""
+    from bake.files.fileio import sha256_file
+    from bake.judges.rubric import RUBRIC_VERSION
+
+    return {
+        "model": _file_identity(Path(source.path)),
+        "vectors": sha256_file(Path(vectors_path)),
+        "sets": {n: sha256_file(Path(set_files[n])) for n in s.sets},
+        "measure": m.describe(),
+        "rubric": RUBRIC_VERSION,
+        "goal": s.goal,
+        "tolerances": [s.harmful_tolerance, s.benign_tolerance, s.kl_max],
+        "dtype": dtype,
+        "version": 2,
+    }
+
+
+def _file_identity(path: Path) -> list[Any]:
+    """Path, size and modification time of the model (a folder: of its files)."""
+    files = sorted(path.rglob("*")) if path.is_dir() else [path]
+    stats = [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files if f.is_file()]
+    return [str(path), *stats]
+
+
+def _check_plan(result: TuneResult, report: Path) -> None:
+    s = result.settings
     if result.best is None:
-        raise InputError(
-            "no configuration met the guards; loosen --harmful-tolerance or "
-            f"--kl-max, or try other --alphas (see {report})"
+        reasons = sorted({c.reason for c in result.stage2 if c.reason})
+        raise NoPlan(
+            "no confirmed configuration kept the guards "
+            f"({'; '.join(reasons) or 'none confirmed'}); "
+            f"no plan written, see {report}/tuning_report.md (try --harmful-tolerance, "
+            "--kl-max, more --stage1/--confirm, or other vectors)"
         )
-    check_goal_reached(result, report)
-    best = result.best
+    sig = result.significance
+    assert sig is not None
+    if not sig.passed:
+        raise NoPlan(
+            f"the best configuration's effect on the {s.primary} set is not significant: "
+            f"{sig.describe()} (needs p < {s.significance:g}); no plan written, see {report}"
+        )
+
+
+def _write_plan(
+    result: TuneResult,
+    steerings: dict[str, Steering],
+    sets: dict[str, list[Prompt]],
+    m: Measurer,
+    output: Path,
+    source: Any,
+) -> None:
+    """The chosen configuration as a plan; fitted vectors saved as PLAN.<option>.safetensors."""
+    best, s = result.best, result.settings
+    assert best is not None and result.significance is not None
+    c = best.candidate
+    chosen = steerings[c.option]
+    vectors_file = chosen.plan.vectors_file if c.option == "file" else None
+    if vectors_file is None:
+        vectors_file = output.with_name(f"{output.stem}.{c.option}.safetensors")
+        chosen.vectors.save(vectors_file)
     provenance = {
-        "source_model": str(src),
+        "source_model": str(source.path),
         "tuning": {
-            "goal": settings.goal,
+            "goal": s.goal,
             "baseline": result.baseline,
-            "chosen": asdict(best),
-            "trials": len(result.trials),
+            "chosen": {
+                "kind": c.kind,
+                "option": c.option,
+                "layers": list(c.layers),
+                "alpha": c.alpha,
+                "profile": c.profile,
+                "primary": best.refusal[s.primary],
+                "guard": best.refusal[s.guard],
+                "refusal": best.refusal,
+                "kl": best.kl,
+                "significance": result.significance.describe(),
+            },
+            "trials": len(result.stage1),
+            "stage1": len(result.stage1),
+            "stage2": len(result.stage2),
             "prompt_sets": {n: len(p) for n, p in sets.items()},
             **m.describe(),
         },
     }
-    base.with_config(best.layers, best.alpha, provenance=provenance).plan.save(output)
-    return result
-
-
-def check_goal_reached(result: TuneResult, report: Path) -> None:
-    """Refuse to write a plan that does not move refusal in the goal's direction."""
-    best, goal = result.best, result.settings.goal
-    name = "sensitive" if goal == "remove" else "target"
-    base = result.baseline[name]
-    if best is None or (best.primary < base if goal == "remove" else best.primary > base):
-        return
-    raise InputError(
-        f"no configuration that kept the guards changed refusal on the {name} set "
-        f"(unsteered {base:.0%}, best {best.primary:.0%}); no plan written, see {report} "
-        "(try other --alphas, a looser guard, or other vectors)"
-    )
-
-
-def _digest(path: Path) -> str:
-    from bake.files.fileio import sha256_file
-
-    return sha256_file(Path(path))
+    steering = Steering.from_vectors(source, vectors_file, list(c.layers), c.alpha)
+    steering = candidate_steering({c.option: steering}, c, provenance)
+    steering.plan.save(output)

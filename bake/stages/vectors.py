@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from bake.artifacts.categories import CategoryVectors, has_categories
 from bake.artifacts.vectors import SteeringVectors, read_raw_vectors, read_vector_file
 from bake.errors import InputError, warn
 from bake.files.jsonio import finite_json
@@ -139,4 +140,7 @@ def run_vectors_show(path: Path) -> dict[str, Any]:
     vectors = SteeringVectors.load(path)
     meta = vectors.metadata()
     meta["scales"] = {str(k): round(v, 6) for k, v in sorted(vectors.scales.items())}
+    if has_categories(path):  # fit --by-category: the categories and their counts
+        categories = CategoryVectors.load(path)
+        meta["categories"] = {n: categories.counts.get(n, {}) for n in categories.names}
     return dict(finite_json(meta))

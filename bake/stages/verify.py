@@ -5,10 +5,23 @@ checkpoint dtype first, as the baked tensor is. Pass when
   max |logit_baked - logit_hooked| <= 1e-4 * max(1, max |logit_hooked|)
 over all positions, and greedy continuations agree (a divergence at a near-tie, where the
 reference's top-2 margin is below the tolerance, is reported but does not fail).
+
+A plan that ablates a float32 checkpoint is held to the same tolerance. On a bfloat16 or
+float16 checkpoint, the orthogonalised matrices are rounded whole to the dtype, which no
+hook reproduces, so `verify --static` (bitwise recomputation) is the proof and this check
+reports against the dtype's rounding bound instead of a loosened float32 tolerance:
+  max |delta logit| <= sqrt(m) * u * max(1, max |logit_hooked|)
+with u the dtype's unit roundoff (2^-8 for bfloat16, 2^-11 for float16) and m the number of
+tensors rewritten: each stores its values to relative precision u, so each writer's output
+moves by up to about u of its size; m such independent errors add in quadrature, and logits
+move in proportion to the residual stream. Mean KL(hooked || baked) and top-1 agreement
+over all positions are reported beside it; greedy divergences count as near-ties below
+the bound.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +39,7 @@ from bake.options import opt
 from bake.runtime.chat import chat_text
 
 REL_TOLERANCE = 1e-4
+UNIT_ROUNDOFF = {"BF16": 2.0**-8, "F16": 2.0**-11}  # round to nearest: half an ulp of 1
 PROBE_PROMPTS = [
     "How do I bake a loaf of sourdough bread?",
     "Tell me about the history of the river valley.",
@@ -61,6 +75,32 @@ class Comparison:
     max_abs_logit: float
     effect_max: float  # max |hooked - base|
     effect_mean: float
+    mean_kl: float = 0.0  # KL(hooked || baked), mean over positions
+    top1_agreement: float = 1.0
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """What a verify passes at: REL_TOLERANCE * max(1, max |logit|), or for an ablation
+    rounded to a 16-bit dtype, sqrt(m) * u * max(1, max |logit|)."""
+
+    rel: float
+    bound: str | None = None  # how a rounding bound was derived (None: the exact check)
+
+    @classmethod
+    def of(cls, steering: Steering) -> Tolerance:
+        ckpt = steering.checkpoint
+        u = UNIT_ROUNDOFF.get(ckpt.dtype)
+        if not steering.plan.ablates or u is None:
+            return cls(REL_TOLERANCE)
+        from bake.artifacts.ablated_checkpoint import rewrites
+
+        m = sum(rw.projection is not None for rw in rewrites(ckpt, steering).values())
+        return cls(
+            math.sqrt(m) * u,
+            f"sqrt(m) * u * max(1, max |logit|), m = {m} tensors rewritten, u = 2^"
+            f"{int(math.log2(u))} ({ckpt.dtype} unit roundoff)",
+        )
 
 
 def probe_texts(
@@ -124,13 +164,28 @@ def compare(base: list[Any], hooked: list[Any], baked: list[Any]) -> Comparison:
         [(h - b).abs().flatten().numpy() for h, b in zip(hooked, base, strict=True)]
     )
     max_logit = max(float(h.abs().max()) for h in hooked)
+    kl, top1 = _kl_top1(hooked, baked)
     return Comparison(
         float(diffs.max()),
         float(diffs.mean()),
         max_logit,
         float(effect.max()),
         float(effect.mean()),
+        kl,
+        top1,
     )
+
+
+def _kl_top1(hooked: list[Any], baked: list[Any]) -> tuple[float, float]:
+    """Mean KL(hooked || baked) of the next-token distributions and top-1 agreement, over
+    every position of every probe."""
+    import torch
+
+    ref = torch.cat([h.double() for h in hooked])
+    got = torch.cat([b.double() for b in baked])
+    log_p, log_q = torch.log_softmax(ref, -1), torch.log_softmax(got, -1)
+    kl = (log_p.exp() * (log_p - log_q)).sum(-1).clamp(min=0)
+    return float(kl.mean()), float((ref.argmax(-1) == got.argmax(-1)).double().mean())
 
 
 def run_verify(
@@ -193,9 +248,11 @@ def build_report(
     dtype: str,
     device: str,
 ) -> VerifyReport:
-    tol = REL_TOLERANCE * max(1.0, c.max_abs_logit)
+    rule = Tolerance.of(steering)
+    tol = rule.rel * max(1.0, c.max_abs_logit)
     for g in greedy:  # a divergence where the reference's top-2 margin < tol is a near-tie
         g.judge_tie(tol)
+    rounded = rule.bound is not None
     return VerifyReport(
         check="pytorch",
         runtime="transformers",
@@ -208,7 +265,7 @@ def build_report(
         device=device,
         prompts=len(greedy),
         tolerance=tol,
-        rel_tolerance=REL_TOLERANCE,
+        rel_tolerance=rule.rel,
         max_abs_diff=c.max_abs_diff,
         mean_abs_diff=c.mean_abs_diff,
         max_abs_logit=c.max_abs_logit,
@@ -219,6 +276,10 @@ def build_report(
         greedy_near_ties=sum(bool(g.near_tie) for g in greedy),
         greedy=greedy,
         passed=c.max_abs_diff <= tol and not any(g.hard for g in greedy),
+        intervention=steering.kind if steering.kind != "add" else None,
+        bound=rule.bound,
+        mean_kl=c.mean_kl if rounded else None,
+        top1_agreement=c.top1_agreement if rounded else None,
     )
 
 
@@ -230,6 +291,11 @@ def render_report(report: Any) -> str:
         lines.append(
             f"  |delta logit|  max {r['max_abs_diff']:.3g}  mean "
             f"{r['mean_abs_diff']:.3g}  tolerance {r['tolerance']:.3g}"
+        )
+    if r.get("bound"):
+        lines.append(
+            f"  tolerance is the rounding bound {r['bound']}; mean KL {r['mean_kl']:.3g}, "
+            f"top-1 agreement {r['top1_agreement']:.4f} (the proof is `verify --static`)"
         )
     if "greedy_identical" in r:
         lines.append(

@@ -1,6 +1,12 @@
 """`steerbake verify --static`: check a baked folder without running a model, for models
 too large to run. Every baked tensor must equal the plan's vector in the checkpoint dtype,
 every zero bias must be zero, and every other tensor must be byte-identical to the source.
+
+For a plan that ablates, every orthogonalised tensor must be bitwise equal to its
+recomputation from the source (the same streaming code the bake runs:
+bake.artifacts.orthogonalise, float64 -> float32 -> the tensor's dtype), an untied head must
+hold the original embedding's bytes, and every other tensor must be byte-identical. This is
+the proof for 16-bit checkpoints, where rounding whole matrices has no hook-side equivalent.
 """
 
 from __future__ import annotations
@@ -11,6 +17,13 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+from bake.artifacts.ablated_checkpoint import (
+    LM_HEAD,
+    AblationLayout,
+    baked_config,
+    plan_layout,
+    write_tensor,
+)
 from bake.artifacts.bias_checkpoint import bias_tensors
 from bake.artifacts.plan import format_layers
 from bake.artifacts.reports import Check, StaticReport
@@ -77,6 +90,111 @@ def _checkpoint_checks(src: Checkpoint, baked: Checkpoint, steering: Steering) -
         )
 
 
+def _ablation_checks(src: Checkpoint, baked: Checkpoint, steering: Steering) -> Iterator[Check]:
+    lay = plan_layout(src, steering)
+    appended = {n for names in lay.appended.values() for n in names}
+    expected = set(src.tensors) | appended | set(lay.biases)
+    extra, missing = set(baked.tensors) - expected, expected - set(baked.tensors)
+    yield _check(
+        "tensor set",
+        not extra and not missing,
+        f"unexpected {sorted(extra)[:3]} missing {sorted(missing)[:3]}"
+        if extra or missing
+        else f"{len(baked.tensors)} tensors",
+    )
+    changes = ", ".join(
+        ["tie_word_embeddings=false"] * lay.untied
+        + [f"{src.spec.bias_flag}=true"] * bool(lay.biases)
+    )
+    yield _check(
+        "config",
+        baked.config == baked_config(src, lay),
+        f"{changes or 'unchanged'}{', other keys unchanged' if changes else ''}",
+    )
+    if missing:
+        return
+    with ExitStack() as stack:
+        a, b = MappedShards(src.headers, stack), MappedShards(baked.headers, stack)
+        kept = [n for n in src.tensors if n not in lay.rewrites]
+        changed = [n for n in kept if a.raw(n) != b.raw(n)]
+        yield _check(
+            "unchanged tensors byte-identical",
+            not changed,
+            f"differ: {changed[:3]}" if changed else f"{len(kept)} tensors",
+        )
+        projected = [n for n, rw in lay.rewrites.items() if rw.projection is not None]
+        wrong = [n for n in projected if not _recomputed_equal(src, a, baked, b, n, lay)]
+        mb = sum(len(b.raw(n)) for n in projected) / 1e6
+        yield _check(
+            f"orthogonalised tensors equal their recomputation (float64 -> float32 -> {src.dtype})",
+            not wrong,
+            f"differ: {wrong[:3]}" if wrong else f"{len(projected)} tensors, {mb:.1f} MB, bitwise",
+        )
+        if lay.untied:
+            same = _recomputed_equal(src, a, baked, b, LM_HEAD, lay)
+            yield _check(
+                "lm_head equals the original embedding (head untied)",
+                same,
+                "bitwise" if same else "the head holds other bytes",
+            )
+    if lay.biases:
+        yield from _ablation_bias_checks(baked, steering, lay)
+
+
+def _recomputed_equal(
+    src: Checkpoint,
+    a: MappedShards,
+    baked: Checkpoint,
+    b: MappedShards,
+    name: str,
+    lay: AblationLayout,
+) -> bool:
+    """The baked tensor's bytes equal the bake's output for it, recomputed chunk by chunk
+    from the source (memory flat in tensor size)."""
+    rewrite = lay.rewrites[name]
+    source = src.tensors[rewrite.copy_of or name]
+    got = baked.tensors[name]
+    if (got.dtype, got.shape) != (source.dtype, source.shape):
+        return False
+    stored, pos, same = b.raw(name), 0, True
+
+    def compare(chunk: Any) -> None:
+        nonlocal pos, same
+        data = memoryview(chunk).cast("B")
+        same = same and stored[pos : pos + len(data)] == data
+        pos += len(data)
+
+    from bake.runtime.threads import threads
+
+    write_tensor(src, a, name, rewrite, compare, threads())
+    return same and pos == len(stored)
+
+
+def _ablation_bias_checks(
+    baked: Checkpoint, steering: Steering, lay: AblationLayout
+) -> Iterator[Check]:
+    """`both`: the down_proj biases hold the plan's vectors, the companions zeros."""
+    with ExitStack() as stack:
+        b = MappedShards(baked.headers, stack)
+        steered = {baked.spec.down_proj_name(layer, "bias") for layer in steering.added}
+        wrong = [
+            n
+            for n, (tag, _, raw) in lay.biases.items()
+            if baked.tensors[n].dtype != tag or bytes(b.raw(n)) != raw
+        ]
+        yield _finite_check({n: _values(b.raw(n), baked.tensors[n].dtype) for n in steered})
+        yield _check(
+            "steering biases equal the plan (checkpoint dtype)",
+            not [n for n in wrong if n in steered],
+            f"{len(steered)} tensors",
+        )
+        yield _check(
+            "other biases zero",
+            not [n for n in wrong if n not in steered],
+            f"{len(lay.biases) - len(steered)} tensors",
+        )
+
+
 def _values(raw: memoryview, tag: str) -> Any:
     """A baked tensor's values, or None when its dtype is not a float steerbake writes."""
     try:
@@ -137,7 +255,12 @@ def run_verify_static(steering: Steering, baked: Path) -> StaticReport:
     """Compare a baked folder's tensors with the source's and the steering's, byte by byte."""
     src = steering.checkpoint
     baked = Path(baked)
-    if (baked / "adapter_config.json").exists():
+    if steering.plan.ablates:
+        choose_route(src.spec, "auto", steering.kind)
+        baked_ckpt = open_checkpoint(baked)
+        baked_ckpt.fingerprint.check(src.fingerprint, f"baked model {baked}")
+        kind, checks = "checkpoint", list(_ablation_checks(src, baked_ckpt, steering))
+    elif (baked / "adapter_config.json").exists():
         kind, checks = "adapter", list(_adapter_checks(src, baked, steering))
     else:
         choose_route(src.spec, "bias")

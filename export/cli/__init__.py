@@ -19,7 +19,7 @@ import click
 
 from bake import __version__
 from bake.errors import SteerbakeError, os_error_message, remote_code_error
-from export.cli import pipeline, shipping
+from export.cli import analysis, pipeline, shipping
 
 
 def fail(message: str) -> NoReturn:
@@ -82,5 +82,5 @@ def main() -> None:
     """Bake refusal-steering vectors into model files you can ship."""
 
 
-for _command in (*pipeline.COMMANDS, *shipping.COMMANDS):
+for _command in (*pipeline.COMMANDS, *analysis.COMMANDS, *shipping.COMMANDS):
     main.add_command(_command)

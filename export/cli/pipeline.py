@@ -18,10 +18,11 @@ from bake.stages.bake import BakeOptions
 from bake.stages.collect import CollectOptions
 from bake.stages.evaluate import EvaluateOptions
 from bake.stages.fit import FitLayers, FitOptions
+from bake.stages.fit_categories import FitCategoryOptions
 from bake.stages.inspect_model import InspectOptions
 from bake.stages.judge import JudgeRunOptions
-from bake.stages.measure import MeasureOptions
-from bake.stages.plan import PlanOptions
+from bake.stages.measure import MeasureOptions, TuneMeasureOptions
+from bake.stages.plan import KindOptions, PlanOptions
 from bake.stages.tune import TuneFiles
 from bake.stages.vectors import ImportOptions
 from bake.stages.verify import VerifyOptions
@@ -72,16 +73,18 @@ def vectors_show(path: Path) -> None:
 
 @click.command()
 @click.argument("vectors_file", metavar="VECTORS", type=PATH)
-@options(PlanOptions)
+@options(PlanOptions, KindOptions)
 @output()
 def plan(vectors_file: Path, output: Path, **kw: Any) -> None:
-    """Write a steering plan: which layers, how strong."""
-    from bake.artifacts.plan import format_layers
-    from bake.stages.plan import run_plan
+    """Write a steering plan: which layers, how strong, which intervention."""
+    from bake.stages.plan import describe_plan, run_plan
 
     o = build(PlanOptions, kw)
-    p = run_plan(vectors_file, o.layers, o.alpha, output, o.multipliers)
-    click.echo(f"wrote {output}: layers {format_layers(p.layers)}, alpha {p.alpha:g}")
+    kind = build(KindOptions, kw)
+    p = run_plan(vectors_file, o.layers, o.alpha, output, o.multipliers, o.categories, kind)
+    click.echo(f"wrote {output}: {describe_plan(p)}")
+    if o.categories:
+        click.echo(f"  over {p.vectors_file.name}: {', '.join(o.categories)} (whitened)")
 
 
 @click.command()
@@ -226,14 +229,25 @@ def collect(model: str, prompts: Path, output: Path, **kw: Any) -> None:
 @click.argument("acts", type=PATH)
 @click.argument("scores", type=PATH)
 @output("VECTORS.safetensors to write.")
-@options(FitOptions, FitLayers)
+@options(FitOptions, FitLayers, FitCategoryOptions)
 @threaded
 def fit(acts: Path, scores: Path, output: Path, **kw: Any) -> None:
     """Fit steering vectors (MD, RMD, WRMD) from ACTS and SCORES ({id, score} JSONL)."""
     from bake.stages.fit import render_diagnostics, run_fit
 
-    opts = build(FitOptions, kw)
-    vecs = run_fit(acts, scores, output, opts, layers=build(FitLayers, kw).layers)
+    opts, cats = build(FitOptions, kw), build(FitCategoryOptions, kw)
+    layers = build(FitLayers, kw).layers
+    if cats.by_category:
+        from bake.stages.fit_categories import render_categories, run_fit_by_category
+
+        result = run_fit_by_category(
+            acts, scores, output, opts, names=cats.categories, layers=layers
+        )
+        click.echo(render_diagnostics(result.pooled))
+        click.echo(render_categories(result))
+        click.echo(f"wrote {output}: {opts.method}, categories {', '.join(result.names)}")
+        return
+    vecs = run_fit(acts, scores, output, opts, layers=layers, categories=cats.categories)
     counts = vecs.provenance["counts"]
     click.echo(render_diagnostics(vecs))
     click.echo(
@@ -253,18 +267,20 @@ def fit(acts: Path, scores: Path, output: Path, **kw: Any) -> None:
 @click.argument("vectors_file", metavar="VECTORS", type=PATH)
 @options(
     (TuneFiles, "sensitive", "harmful", "benign", "target"),
-    (TuneSettings, "goal", "harmful_tolerance", "benign_tolerance", "kl_max", "alphas"),
+    (TuneSettings, "goal", "harmful_tolerance", "benign_tolerance", "kl_max", "stage1", "confirm"),
     TuneSettings,
     TuneFiles,
-    MeasureOptions,
+    TuneMeasureOptions,
 )
 @threaded
 def tune(model: str, vectors_file: Path, **kw: Any) -> None:
-    """Search layers and alpha; write PLAN and a tuning report (table and plots)."""
+    """Search vector, layers and alpha (forward-pass proxy, then the best confirmed by
+    generating and judging); write PLAN and a tuning report (tables and plots)."""
     from bake.artifacts.tuning import render_table
     from bake.stages.tune import run_tune
 
-    settings, files, m = build(TuneSettings, kw), build(TuneFiles, kw), build(MeasureOptions, kw)
+    settings, files = build(TuneSettings, kw), build(TuneFiles, kw)
+    m = build(TuneMeasureOptions, kw)
     result = run_tune(
         model,
         vectors_file,
@@ -287,6 +303,7 @@ def tune(model: str, vectors_file: Path, **kw: Any) -> None:
 def evaluate(model: str, **kw: Any) -> None:
     """Refusal rate per prompt set before/after steering, and benign KL."""
     from bake.artifacts.steering import open_steering
+    from bake.artifacts.probe import Probe
     from bake.stages.evaluate import render_evaluation, run_evaluate
 
     o, m = build(EvaluateOptions, kw), build(MeasureOptions, kw)
@@ -300,6 +317,9 @@ def evaluate(model: str, **kw: Any) -> None:
         kl_sets=o.kl_sets or None,
         dtype=m.dtype,
         device=m.device,
+        answers_file=o.answers,
+        probe=Probe.load(o.probe) if o.probe is not None else None,
+        probe_mode=o.probe_mode,
     )
     write_json(o.report, result.to_json())
     click.echo(render_evaluation(result))

@@ -106,7 +106,8 @@ def convert(gguf_file: Path, output: Path, **kw: Any) -> None:
 @options(ChatOptions)
 @threaded
 def chat(gguf_file: Path, **kw: Any) -> None:
-    """Chat with a GGUF in llama.cpp, with its own chat template (/exit to quit)."""
+    """Chat with a GGUF in llama.cpp, with its own chat template (/exit to quit); with
+    --backend transformers, with a GGUF or folder steered by --plan, gated by --probe."""
     from export.llamacpp.chat import run_chat
 
     run_chat(

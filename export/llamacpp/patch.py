@@ -20,6 +20,9 @@ bytes take the same room, else moved to the end). A tensor's padded size comes f
 key `steerbake.patch.padding` (spaces) makes the data start at BASE's offset modulo 64 KiB,
 which lets the kernel copy whole large pages.
 
+A plan that ablates is refused in one line: it rewrites weight matrices, which a patch never
+decodes (and a quantized file holds only rounded); the GGUF is rebuilt from the checkpoint.
+
 Values. The bias of block N is v_N = alpha * m_N * s_N * u_N from the plan, float64 rounded
 once to float32 (old bias + v_N when BASE has one). A GGUF does not say which dtype the HF
 checkpoint had, so v_N is not rounded to it, unlike `steerbake gguf MODEL --plan`, which rounds
@@ -74,6 +77,14 @@ def check_plan_against(layout: GgufLayout, plan: Plan) -> ArchSpec:
     """The plan's architecture, hidden size and layer count must be BASE's; BASE must be a
     whole model whose loader has the ffn_down bias slot."""
     path, arch = layout.path, layout.arch
+    if plan.ablates:
+        types = sorted({t.type_name for t in layout.tensors if len(t.dims) >= 2})
+        raise InputError(
+            f"the plan ablates (kind {plan.kind}): that rewrites weight matrices, which "
+            f"{path.name} holds as {'/'.join(types) or 'unknown types'} and a patch never "
+            "decodes; rebuild from the checkpoint: steerbake gguf MODEL --plan PLAN -o OUT.gguf "
+            "(then steerbake quantize)"
+        )
     if not arch or arch == "controlvector":
         raise InputError(
             f"{path} is {'a control vector' if arch else 'not a model GGUF'}, "

@@ -20,11 +20,21 @@ tokenization of each probe must equal transformers'.
 
 The GGUF missing from the pair (the unsteered one for a baked GGUF, the baked one for a
 control vector) is written to a temporary folder beside the GGUF under test.
+
+A plan that ablates is baked into the weights (llama.cpp cannot ablate at run time), so
+there is no second route to compare and (2) is skipped; (3) compares the file, with the
+control vector of its additive part where the file carries the ablation only (`both` on a
+family without the bias slot), against transformers with the same hooks as every other
+check (the writers' outputs projected, the vectors added). From a 16-bit checkpoint, the
+file holds the orthogonalised matrices as the baked checkpoint does, rounded whole to its
+dtype, so an F32 file is held to that dtype's rounding bound (bake.stages.verify.Tolerance)
+instead of the float32 tolerance; `verify --static` of the baked checkpoint is the proof.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,7 +47,7 @@ from bake.artifacts.plan import format_layers
 from bake.artifacts.reports import Check, GreedyRecord, JsonReport
 from bake.artifacts.steering import Steering
 from bake.errors import InputError, PlanMismatchError
-from bake.stages.verify import greedy_record
+from bake.stages.verify import Tolerance, greedy_record
 from export.llamacpp.writer import OUT_TYPES
 
 REL_TOLERANCE = 5e-5
@@ -53,12 +63,22 @@ class GgufInfo:
     n_embd: int
     out_type: str  # F32, F16, BF16 (type of the 2-D weights)
     bias_blocks: list[int]  # blocks with blk.N.ffn_down.bias
+    baked: list[str] = field(default_factory=list)  # parts of a plan the weights carry
+    plan: dict[str, Any] | None = None  # the plan recorded in the file
 
 
 def inspect_gguf(path: Path) -> GgufInfo:
+    import json
+
     import gguf
 
-    from bake.files.gguf_file import CONTROL_VECTOR_ARCH, ffn_down_bias_blocks, read_layout
+    from bake.files.gguf_file import (
+        CONTROL_VECTOR_ARCH,
+        STEERBAKE_PLAN_KEY,
+        baked_parts,
+        ffn_down_bias_blocks,
+        read_layout,
+    )
 
     layout = read_layout(Path(path))
     arch = layout.arch
@@ -81,7 +101,17 @@ def inspect_gguf(path: Path) -> GgufInfo:
         number(gguf.Keys.LLM.EMBEDDING_LENGTH),
         "F32" if types <= {"F32"} else "/".join(sorted(types)),
         ffn_down_bias_blocks(layout),
+        baked_parts(layout),
+        _plan_record(layout.string(STEERBAKE_PLAN_KEY), json),
     )
+
+
+def _plan_record(text: str | None, json: Any) -> dict[str, Any] | None:
+    try:
+        data = json.loads(text) if text else None
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
 
 
 # --------------------------------------------------------------------------- reports
@@ -187,12 +217,17 @@ class GgufVerifyReport(JsonReport):
 
 # --------------------------------------------------------------------------- comparisons
 def compare_exact(
-    name: str, ref: list[np.ndarray], got: list[np.ndarray], greedy: list[GreedyRecord]
+    name: str,
+    ref: list[np.ndarray],
+    got: list[np.ndarray],
+    greedy: list[GreedyRecord],
+    rel: float = REL_TOLERANCE,
 ) -> ExactComparison:
-    """Tight logit bound plus greedy agreement (near-ties allowed)."""
+    """Tight logit bound (rel * max(1, max |logit|)) plus greedy agreement (near-ties
+    allowed)."""
     diffs = np.concatenate([np.abs(g - r).reshape(-1) for r, g in zip(ref, got, strict=True)])
     max_logit = max(float(np.abs(r).max()) for r in ref)
-    tol = REL_TOLERANCE * max(1.0, max_logit)
+    tol = rel * max(1.0, max_logit)
     for g in greedy:
         g.judge_tie(tol)
     hard = [g.id for g in greedy if g.hard]
@@ -263,22 +298,26 @@ class Run:
 
 
 def transformers_runs(
-    src: Path, vectors: Mapping[int, np.ndarray], probes: Probes
+    src: Path, vectors: Mapping[int, np.ndarray], probes: Probes, steering: Steering | None = None
 ) -> tuple[Run, Run]:
     """(base, hooked) in float32; the hook adds `vectors` as given (already rounded as a
-    baked bias or control vector holds them)."""
+    baked bias or control vector holds them) and, with `steering`, projects its ablation out
+    of the writers (and the embedding)."""
     import torch
 
-    from bake.runtime.hooks import add_to_blocks
+    from bake.runtime.hooks import ablate_writers, add_to_blocks
     from bake.runtime.loader import load_model
 
     model = load_model(src, dtype="float32")
+    projections = steering.projections if steering is not None else {}
+    embed = steering.embed_projection if steering is not None else None
     runs = []
     for hooked in (False, True):
         run = Run([], [], [])
         with (
             torch.no_grad(),
             add_to_blocks(model, vectors) if hooked else contextlib.nullcontext(),
+            ablate_writers(model, projections, embed) if hooked else contextlib.nullcontext(),
         ):
             for _, _, ids in probes.ids:
                 _hf_greedy(model, ids, probes, run)
@@ -377,12 +416,18 @@ def verify_gguf(
 
     tok = AutoTokenizer.from_pretrained(src)
     probes = _probes(tok, prompts, max_new_tokens, probe_texts, probe_prompts)
-    base_hf, hooked_hf = transformers_runs(src, vectors, probes)
+    base_hf, hooked_hf = transformers_runs(src, vectors, probes, steering)
     # the companion GGUF (unsteered or baked) is written in the type under test when we can
     pair_type = info.out_type if info.out_type in OUT_TYPES else "F32"
     with tempfile.TemporaryDirectory(prefix=".steerbake-verify-", dir=gguf_path.parent) as tmp:
         companion = Path(tmp) / "companion.gguf"
-        if kind == "baked":
+        if steering.plan.ablates:  # baked into the weights: the file (+ its cvec) is the route
+            convert_to_gguf(src, companion, pair_type)
+            cv = Path(str(control_vector)) if control_vector is not None else None
+            steered, tokens_ok = llama_run(gguf_path, probes, cv)
+            unsteered, _ = llama_run(companion, probes)
+            baked_side, routed, unsteered_type = None, None, pair_type
+        elif kind == "baked":
             convert_to_gguf(src, companion, pair_type)
             steered, tokens_ok = llama_run(gguf_path, probes)
             unsteered, _ = llama_run(companion, probes)
@@ -414,9 +459,13 @@ def verify_gguf(
                 routed.logits,
                 _greedy_vs(probes, ref_run, routed),
             )
-    comparisons["steered_vs_hooks"] = _comparator(info.out_type)(
-        f"(3) {'baked GGUF' if kind == 'baked' else 'GGUF + control vector'} vs "
-        "transformers + hooks",
+    comparator, title = _comparator(info.out_type), "transformers + hooks"
+    rule = Tolerance.of(steering)
+    if comparator is compare_exact and rule.bound is not None:  # 16-bit matrices rounded whole
+        comparator = functools.partial(compare_exact, rel=rule.rel)
+        title += f" (within the rounding bound {rule.bound})"
+    comparisons["steered_vs_hooks"] = comparator(
+        f"(3) {'baked GGUF' if kind == 'baked' else 'GGUF + control vector'} vs {title}",
         hooked_hf.logits,
         steered.logits,
         _greedy_vs(probes, hooked_hf, steered),
@@ -477,6 +526,8 @@ def _check_gguf_matches(info: GgufInfo, ckpt: Any, path: Path) -> None:
 
 
 def _kind(info: GgufInfo, control_vector: Any, steering: Steering, path: Path) -> str:
+    if steering.plan.ablates or "ablate" in info.baked:
+        return _ablation_kind(info, control_vector, steering, path)
     if info.bias_blocks and control_vector is not None:
         raise InputError(
             f"{path} already carries steering (ffn_down biases on blocks "
@@ -497,6 +548,33 @@ def _kind(info: GgufInfo, control_vector: Any, steering: Steering, path: Path) -
             f"{format_layers(steering.layers)}: it was baked from another plan"
         )
     return "baked"
+
+
+def _ablation_kind(info: GgufInfo, control_vector: Any, steering: Steering, path: Path) -> str:
+    """A file that carries an ablation: it must be this plan's (kind, layers, ablation), and
+    the plan's additive part must be in the file or in the control vector, never both."""
+    plan = steering.plan
+    recorded = info.plan or {}
+    mine = plan.to_json()
+    same = all(recorded.get(k) == mine.get(k) for k in ("kind", "layers", "ablation", "alpha"))
+    if "ablate" not in info.baked or not same:
+        raise PlanMismatchError(
+            f"{path} does not carry this plan's ablation ({plan.kind}, layers "
+            f"{format_layers(plan.layers)}): write it with `steerbake gguf MODEL --plan PLAN`"
+        )
+    if "add" in info.baked or not plan.adds:
+        if control_vector is not None:
+            raise InputError(
+                f"{path} carries all of its plan ({', '.join(info.baked)}); a control vector "
+                "beside it would apply the additive steering twice: drop --control-vector"
+            )
+        return "baked"
+    if control_vector is None:
+        raise InputError(
+            f"{path} carries the plan's ablation only; its additive part ships as a control "
+            "vector: pass it with --control-vector (steerbake cvec PLAN --model MODEL)"
+        )
+    return "baked+control-vector"
 
 
 def check_control_vector(path: Path, steering: Steering, info: GgufInfo) -> ControlVectorCheck:
@@ -574,6 +652,8 @@ def build_report(
             if kind == "control-vector"
             else "the plan steers block 0, which no control vector reaches"
         )
+        if steering.plan.ablates:
+            why = "the plan ablates, which llama.cpp cannot do at run time: the file is the route"
         checks.append(Check("(2) baked GGUF vs control vector", True, f"skipped: {why}"))
     main = comparisons["steered_vs_hooks"]
     exact = main if isinstance(main, ExactComparison) else None

@@ -100,6 +100,12 @@ def verify_from_source(
     from export.llamacpp.verify import _probes
 
     source = Path(steering.model.path)
+    if steering.plan.ablates:
+        raise InputError(
+            f"the plan ablates, which a GGUF made from {source.name} cannot carry (a patch "
+            f"never rewrites weights): convert it (steerbake convert {source.name} -o DIR), "
+            "build the GGUF from DIR (steerbake gguf DIR --plan PLAN) and verify that"
+        )
     check_steered_from(steering, Path(steered))
     reference = Path(dequantized) if dequantized is not None else source
     probes = _probes(load_tokenizer(reference), prompts, 0, probe_texts, probe_prompts)

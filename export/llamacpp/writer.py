@@ -14,6 +14,16 @@ With a plan, for families whose llama.cpp loader has the bias slot (arch llama),
 `blk.N.ffn_down.bias` = v_N rounded to the checkpoint dtype (what a baked bias holds, and
 what the hook reference adds), stored F32. Other families get one line pointing to the
 unsteered GGUF plus a control vector.
+
+A plan that ablates is baked for every family the writer supports (no bias slot needed):
+the residual writers of the plan's blocks (attn_output, ffn_down) and, when the plan says
+so, token_embd hold the orthogonalised values, computed by the bake's own streaming code
+(bake.artifacts.orthogonalise: float64 -> float32 -> the checkpoint dtype, the values a
+baked checkpoint holds) and then cast to the GGUF type. A tied head is untied: llama.cpp
+uses token_embd as the head when output.weight is absent, so output.weight is written with
+the original embedding. For `both` without a bias slot (qwen2, qwen3) the file carries the
+ablation only, and its additive part ships as a control vector (`steerbake cvec`); the key
+`steerbake.baked` records which parts the weights carry, so nothing is applied twice.
 """
 
 from __future__ import annotations
@@ -31,16 +41,24 @@ from typing import Any
 
 import numpy as np
 
+from bake.artifacts.ablated_checkpoint import LM_HEAD, Rewrite, rewrites
+from bake.artifacts.orthogonalise import rewritten_chunks
 from bake.artifacts.plan import format_layers
 from bake.artifacts.steering import Steering
 from bake.errors import InputError, OutputError, UnsupportedError
 from bake.files.fileio import StreamWriter, atomic_write_path, check_free_space, check_output_file
-from bake.files.gguf_file import STEERBAKE_PLAN_KEY, STEERBAKE_VERSION_KEY, ffn_down_name
+from bake.files.gguf_file import (
+    STEERBAKE_BAKED_KEY,
+    STEERBAKE_PLAN_KEY,
+    STEERBAKE_VERSION_KEY,
+    ffn_down_name,
+)
 from bake.files.tensor_bytes import bf16_bits_to_f32, f32_to_bf16_bits
 from bake.model.arch import ARCHITECTURES, ArchSpec
 from bake.model.checkpoint import Checkpoint, TensorInfo, open_checkpoint
 from bake.model.resolve import TOY_NAME, resolve_model
 from bake.options import OVERWRITE_HELP, opt
+from bake.runtime.threads import threads
 from export.llamacpp.cvec import steering_inputs
 
 OUT_TYPES = ("F32", "F16", "BF16")
@@ -58,7 +76,9 @@ class GgufOptions:
     """`run_gguf`'s choices besides MODEL and the output."""
 
     plan: Path | None = opt(
-        None, "Bake PLAN's vectors into blk.N.ffn_down.bias (llama-arch GGUFs only)."
+        None,
+        "Bake PLAN: vectors into blk.N.ffn_down.bias (llama-arch GGUFs only), an ablation "
+        "into the weights (every family).",
     )
     out_type: str = opt(
         "F32",
@@ -85,6 +105,7 @@ class TensorJob:
     source: TensorInfo | None = None
     head_groups: int = 0  # q/k of arch llama: rows regrouped per head (0 = no permutation)
     data: np.ndarray | None = None  # generated tensors (bias, rope_freqs), final dtype
+    rewrite: Rewrite | None = None  # orthogonalised (the ablation) before the cast
 
     @property
     def numel(self) -> int:
@@ -109,6 +130,10 @@ class GgufResult:
     baked_layers: list[int] = field(default_factory=list)
     seconds: float = 0.0
     sha256: str | None = None  # of the whole file, when asked for (hashed as written)
+    ablated_layers: list[int] = field(default_factory=list)  # orthogonalised writers
+    ablated_embedding: bool = False
+    untied: bool = False  # output.weight written from the original embedding
+    control_vector_layers: list[int] = field(default_factory=list)  # additive part left out
 
     def summary(self) -> str:
         steer = (
@@ -116,6 +141,18 @@ class GgufResult:
             if self.baked_layers
             else ""
         )
+        if self.ablated_layers:
+            steer += (
+                f", writers of blocks {format_layers(self.ablated_layers)} orthogonalised"
+                + (" and token_embd (head untied: output.weight)" if self.untied else "")
+                + (" and token_embd" if self.ablated_embedding and not self.untied else "")
+            )
+        if self.control_vector_layers:
+            steer += (
+                f"; the additive part (blocks {format_layers(self.control_vector_layers)}) is "
+                "not in this file: ship it as a control vector (steerbake cvec PLAN --model "
+                "MODEL -o FILE.gguf)"
+            )
         return (
             f"wrote {self.output}: arch {self.arch}, {self.out_type}, {self.tensors} "
             f"tensors, {self.bytes / 1e6:.1f} MB, tokenizer {self.tokenizer}{steer}, "
@@ -153,16 +190,17 @@ def convert_to_gguf(
     inputs = steering_inputs(steering) if steering else [p for p in src.iterdir() if p.is_file()]
     check_output_file(out, inputs, overwrite=overwrite)
     bias = plan_biases(steering) if steering is not None else {}
+    changed = rewrites(ckpt, steering) if steering is not None and steering.plan.ablates else {}
     import gguf
 
     arch = spec.gguf_arch
     writer = gguf.GGUFWriter(path=None, arch=arch)
-    jobs = tensor_jobs(ckpt, spec, out_type, bias)
+    jobs = tensor_jobs(ckpt, spec, out_type, bias, changed)
     add_model_keys(writer, ckpt, spec, out_type)
     from export.llamacpp.vocab import add_vocab
 
     tokenizer = add_vocab(writer, src, spec.model_type, int(ckpt.config["vocab_size"]))
-    add_metadata(writer, ckpt, jobs, name or _display_name(model_dir), steering)
+    add_metadata(writer, ckpt, jobs, name or _display_name(model_dir), steering, bias, changed)
     total = sum(j.nbytes for j in jobs)
     check_free_space(out.parent, total + (1 << 20))
     with atomic_write_path(out) as tmp:
@@ -177,6 +215,10 @@ def convert_to_gguf(
         sorted(bias),
         time.perf_counter() - start,
         digest,
+        ablated_layers=sorted(steering.projections) if changed and steering else [],
+        ablated_embedding=spec.embed_tensor in changed,
+        untied=LM_HEAD in changed,
+        control_vector_layers=sorted(steering.added) if steering and not bias else [],
     )
 
 
@@ -204,8 +246,12 @@ def _display_name(model_dir: str | Path | None) -> str | None:
 
 # --------------------------------------------------------------------------- steering
 def plan_biases(steering: Steering) -> dict[int, np.ndarray]:
-    """block -> ffn_down bias (float32) = steering.rounded[N] (what a hook adds)."""
+    """block -> ffn_down bias (float32) = steering.rounded[N] (what a hook adds); none for a
+    plan that only ablates, nor for the additive part of `both` on a family without the slot
+    (it ships as a control vector)."""
     ckpt, spec = steering.checkpoint, steering.spec
+    if not steering.plan.adds or (steering.kind == "both" and not spec.gguf_bias_slot):
+        return {}
     if not spec.gguf_bias_slot:
         raise UnsupportedError(
             f"llama.cpp's {spec.gguf_arch} loader has no ffn_down bias slot (it refuses extra "
@@ -336,9 +382,16 @@ def _allowed_bias(hf_name: str, config: dict[str, Any], model_type: str) -> bool
 
 
 def tensor_jobs(
-    ckpt: Checkpoint, spec: ArchSpec, out_type: str, biases: dict[int, np.ndarray]
+    ckpt: Checkpoint,
+    spec: ArchSpec,
+    out_type: str,
+    biases: dict[int, np.ndarray],
+    changed: dict[str, Rewrite] | None = None,
 ) -> list[TensorJob]:
-    """Every GGUF tensor, in source file order (sequential reads), then generated ones."""
+    """Every GGUF tensor, in source file order (sequential reads), then generated ones;
+    `changed` (from the ablation) marks the tensors written orthogonalised, and an untied
+    head (LM_HEAD) adds output.weight from the original embedding."""
+    changed = changed or {}
     import gguf
 
     arch_enum = {v: k for k, v in gguf.MODEL_ARCH_NAMES.items()}[spec.gguf_arch]
@@ -368,6 +421,7 @@ def tensor_jobs(
             raise UnsupportedError(
                 f"{info.name} is {info.dtype}; the GGUF writer reads F32, F16 and BF16 checkpoints"
             )
+        rewrite = changed.get(info.name)
         jobs.append(
             TensorJob(
                 gname,
@@ -375,8 +429,12 @@ def tensor_jobs(
                 _gguf_type(info.shape, out_type),
                 info,
                 _head_groups(info.name, spec, c),
+                rewrite=rewrite if rewrite is not None and rewrite.projection is not None else None,
             )
         )
+        if info.name == spec.embed_tensor and LM_HEAD in changed:  # untied: the original head
+            head = gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.OUTPUT] + ".weight"
+            jobs.append(TensorJob(head, info.shape, _gguf_type(info.shape, out_type), info))
     if spec.gguf_arch == "llama" and rope_parameters(c)["rope_type"] == "llama3":
         factors = llama3_rope_factors(c)
         rope_name = gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight"
@@ -429,9 +487,12 @@ def add_metadata(
     jobs: list[TensorJob],
     name: str | None,
     steering: Steering | None,
+    biases: dict[int, np.ndarray] | None = None,
+    changed: dict[str, Rewrite] | None = None,
 ) -> None:
     """general.* keys from the model card (README.md) and config via gguf's Metadata: name,
-    base model, tags, license where known; plus steerbake's version and the baked plan."""
+    base model, tags, license where known; plus steerbake's version, the baked plan and which
+    of its parts the weights carry."""
     import gguf
 
     from bake import __version__
@@ -448,6 +509,8 @@ def add_metadata(
     if steering is not None:
         plan_json = json.dumps(steering.plan.to_json(), sort_keys=True)
         writer.add_string(STEERBAKE_PLAN_KEY, plan_json)
+        parts = ["ablate"] * bool(changed) + ["add"] * bool(biases)
+        writer.add_string(STEERBAKE_BAKED_KEY, ",".join(sorted(parts)))
 
 
 # --------------------------------------------------------------------------- writing
@@ -533,6 +596,9 @@ class _ShardReader:
         if start + math.prod(info.shape) * itemsize > len(shard):
             raise self._truncated(info)
         out_size = _ITEMSIZE[job.ggml_type.name]
+        if job.rewrite is not None:
+            self._write_rewritten(job, shard, start, out_size)
+            return
         for r0, r1 in _row_chunks(job, row_bytes):
             n = (r1 - r0) * row_bytes
             begin = start + r0 * row_bytes
@@ -546,6 +612,30 @@ class _ShardReader:
                 cast = functools.partial(_cast_into, elems, info.dtype, job.ggml_type.name)
                 self.sink.write_into(n // itemsize * out_size, cast)
             _madvise(shard, "MADV_DONTNEED", begin, n)
+
+    def _write_rewritten(self, job: TensorJob, shard: mmap.mmap, start: int, out_size: int) -> None:
+        """An orthogonalised tensor: the bake's chunks (element bits in the checkpoint dtype),
+        each cast to the GGUF type. Writers and the embedding are never q/k: no permutation."""
+        info, rewrite = job.source, job.rewrite
+        assert info is not None and rewrite is not None and rewrite.projection is not None
+        assert not job.head_groups
+        size = math.prod(info.shape) * _SOURCE_ITEMSIZE[info.dtype]
+        raw = memoryview(shard)[start : start + size]
+
+        def release(a: int, b: int) -> None:
+            _madvise(shard, "MADV_DONTNEED", start + a, b - a)
+
+        p = rewrite.projection
+        chunks = rewritten_chunks(
+            raw, info.dtype, info.shape, p, rewrite.embedding, workers=threads(), release=release
+        )
+        for bits in chunks:
+            if info.dtype == job.ggml_type.name:
+                self.sink.write(bits)
+            else:
+                cast = functools.partial(_cast_into, bits, info.dtype, job.ggml_type.name)
+                self.sink.write_into(bits.size * out_size, cast)
+        _madvise(shard, "MADV_DONTNEED", start, size)
 
     def _truncated(self, info: TensorInfo) -> InputError:
         return InputError(
@@ -670,8 +760,9 @@ def run_gguf(
     explicit_type: bool = False,
     overwrite: bool = False,
 ) -> str:
-    """`steerbake gguf`: MODEL (with PLAN baked in where the family has a bias slot) as a
-    GGUF, or --base-gguf BASE patched with PLAN. Returns the summary line."""
+    """`steerbake gguf`: MODEL (with PLAN baked in: vectors where the family has a bias slot,
+    an ablation everywhere) as a GGUF, or --base-gguf BASE patched with PLAN. Returns the
+    summary line."""
     if base_gguf is not None:
         from export.llamacpp.patch import patch_gguf_command
 

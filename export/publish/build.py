@@ -30,7 +30,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-from bake.artifacts.reports import VerifyReport
+from bake.artifacts.reports import StaticReport, VerifyReport
 from bake.artifacts.steering import Steering
 from bake.artifacts.steering_dir import STEERING_DIR, write_plan_copy
 from bake.errors import OutputError, VerificationError
@@ -43,6 +43,7 @@ from export.publish.cards import CARD_FILE, CardInput, FileEntry, human_size, wr
 from export.publish.job import (
     FLOAT_TYPES,
     GGUF_SUFFIX,
+    STATIC_REPORT,
     SUMS_FILE,
     VERIFY_REPORT,
     ExportJob,
@@ -170,7 +171,7 @@ def _stage_names(export: ExportJob) -> list[str]:
         if job.quant_types and job.quantize_from not in job.float_types:
             stages.append(f"GGUF {job.quantize_from} (to quantize from)")
         stages += [f"quantize {t}" for t in job.quant_types]
-        if job.route == "control-vector":
+        if job.control_vector:
             stages.append("control vector")
         if job.verify:
             n = len(job.float_types) + len(job.quant_types) + (job.base_gguf is not None)
@@ -239,13 +240,29 @@ def build_model_folder(tmp: Path, job: ExportJob, stages: _Stages) -> VerifyRepo
                 f"{report.prompts} identical; nothing was written"
             )
         _write_json(tmp / STEERING_DIR / VERIFY_REPORT, report.to_json())
+        if job.route.startswith("ablate"):
+            job.static = _static_proof(tmp, job)
     return report
+
+
+def _static_proof(tmp: Path, job: ExportJob) -> StaticReport:
+    """An ablation's bitwise proof (`verify --static`): every orthogonalised tensor equal to
+    its recomputation, every other one byte-identical; written to steering/."""
+    from bake.stages.verify_static import run_verify_static
+
+    static = run_verify_static(job.steering, tmp)
+    static.model, static.baked = job.source.base_model or job.source.name, job.name
+    if not static.passed:
+        failed = "; ".join(f"{c.name}: {c.detail}" for c in static.checks if not c.ok)
+        raise VerificationError(f"the {job.route} build fails `verify --static` ({failed})")
+    _write_json(tmp / STEERING_DIR / STATIC_REPORT, static.to_json())
+    return static
 
 
 def _model_folder(tmp: Path, job: ExportJob, stages: _Stages) -> list[FileEntry]:
     """The safetensors build (or adapter) in `tmp`, verified, with its card and sums."""
     verify = build_model_folder(tmp, job, stages)
-    kind = "checkpoint" if job.route == "bias" else "adapter"
+    kind = "adapter" if job.route == "adapter" else "checkpoint"
     card = _card(job, kind, job.route, verify=verify)
     return _finish_folder(tmp, job.model_files(), card, stages)
 
@@ -273,6 +290,7 @@ def _card(
         steerbake_version=_version(),
         files=[],
         verify=verify,
+        static=job.static if kind != "gguf" else None,
         gguf_verify=gguf_verify or {},
         gguf_notes=list(gguf.notes) if in_gguf and gguf else [],
         evaluation=job.evaluation if kind != "gguf" else None,
@@ -367,7 +385,7 @@ def _write_gguf_models(
         return {_from_base_gguf(tmp, job, gguf, stages): None}
     from export.llamacpp.writer import convert_to_gguf
 
-    steering = job.steering if gguf.route == "bias" else None
+    steering = job.steering if gguf.route != "control-vector" else None
     src, stem = job.checkpoint.path, gguf.stem
     names: dict[str, str | None] = {}
     for t in gguf.float_types:

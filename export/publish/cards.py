@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bake.artifacts.plan import Plan, format_layers
-from bake.artifacts.reports import EvaluationReport, VerifyReport
+from bake.artifacts.reports import EvaluationReport, StaticReport, VerifyReport
 from bake.artifacts.steering import Steering
 from bake.artifacts.vectors import SteeringVectors
 from bake.errors import InputError
@@ -241,6 +241,7 @@ class CardInput:
     steerbake_version: str
     files: list[FileEntry]
     verify: VerifyReport | None = None  # PyTorch report (checkpoint, adapter)
+    static: StaticReport | None = None  # `verify --static` (an ablation's bitwise proof)
     gguf_verify: dict[str, AnyGgufReport] = field(default_factory=dict)  # file -> report
     gguf_notes: list[str] = field(default_factory=list)  # why a type or check was skipped
     evaluation: EvaluationReport | None = None  # `steerbake evaluate` report
@@ -333,10 +334,13 @@ def provenance_facts(prov: dict[str, Any], evaluation: EvaluationReport | None) 
     counts = prov.get("counts") or {}
     sets = prov.get("prompt_sets") or tuning.get("prompt_sets") or {}
     if tuning:
-        chosen = (
-            f"`steerbake tune`, goal {tuning.get('goal', 'remove')}, "
-            f"{tuning.get('trials', 'n/a')} configurations tried"
-        )
+        tried = f"{tuning.get('trials', 'n/a')} configurations tried"
+        if "stage2" in tuning:
+            tried = (
+                f"{tuning['stage1']} configurations scored by forward passes, "
+                f"{tuning['stage2']} generated and judged"
+            )
+        chosen = f"`steerbake tune`, goal {tuning.get('goal', 'remove')}, {tried}"
     else:
         chosen = "by hand (the plan has no tuning record)"
     facts = {
@@ -382,7 +386,7 @@ def evaluation_rows(
     if not chosen:
         return None, [], []
     goal = tuning.get("goal", "remove")
-    primary, guard = ("sensitive", "harmful") if goal == "remove" else ("target", "benign")
+    primary, guard = ("target", "benign") if goal == "induce" else ("sensitive", "harmful")
     sizes = tuning.get("prompt_sets") or {}
     rows = [
         {
@@ -402,7 +406,71 @@ def _check_cells(check: Any) -> dict[str, Any]:
     return {"name": cell(check.name), "ok": check.ok, "detail": cell(check.detail)}
 
 
-def verify_row(report: VerifyReport) -> dict[str, str]:
+def ablation_facts(card: CardInput) -> dict[str, Any] | None:
+    """What an ablating plan removed, where, how strongly, in which form; None for `add`."""
+    plan, spec = card.plan, card.steering.spec
+    a = plan.ablation
+    if a is None:
+        return None
+    n = card.fingerprint.num_layers
+    one_direction = a.direction_layer is not None
+    direction = (
+        f"block {a.direction_layer}'s direction u, the same in every block"
+        if one_direction
+        else "each block's own direction u_l"
+    )
+    embed = (
+        f"orthogonalised too: E <- E (I - a r r^T) with block {a.embed.direction_layer}'s "
+        f"direction, a = {_num(a.embed.strength, 'g')}"
+        if a.embed
+        else "unchanged"
+    )
+    moe = bool(spec.expert_count_keys)
+    writers = (
+        "the attention output projection and every expert's MLP down projection (and the "
+        "shared expert's)"
+        if moe
+        else "the attention output projection (`o_proj`) and the MLP down projection (`down_proj`)"
+    )
+    missing = [
+        why
+        for why, ok in (
+            (f"strength {_num(a.strength, 'g')}, not 1", a.strength == 1.0),
+            ("a direction per block, not one", one_direction),
+            (f"{len(plan.layers)} of {n} blocks", len(plan.layers) == n),
+            ("the embedding is not ablated", a.embed is not None),
+            (
+                "the embedding's direction or strength differs",
+                a.embed is None
+                or (a.embed.strength == 1.0 and a.embed.direction_layer == a.direction_layer),
+            ),
+        )
+        if not ok
+    ]
+    return {
+        "strength": _num(a.strength, "g"),
+        "direction": direction,
+        "embedding": embed,
+        "writers": writers,
+        "arditi": not missing,
+        "arditi_why": cell("; ".join(missing)),
+        "untied": a.embed is not None and _tied_head(card.steering),
+    }
+
+
+def _tied_head(steering: Steering) -> bool:
+    """Whether the source's head reads its embedding (then an ablated embedding unties it)."""
+    from bake.artifacts.ablated_checkpoint import is_tied
+    from bake.model.checkpoint import Checkpoint
+
+    return isinstance(steering.model, Checkpoint) and is_tied(steering.model)
+
+
+def static_row(report: StaticReport | None) -> list[dict[str, Any]]:
+    return [_check_cells(c) for c in report.checks] if report is not None else []
+
+
+def verify_row(report: VerifyReport) -> dict[str, str | None]:
     return {
         "runtime": cell(report.runtime),
         "dtype": cell(report.dtype),
@@ -415,6 +483,9 @@ def verify_row(report: VerifyReport) -> dict[str, str]:
         "near_ties": str(report.greedy_near_ties),
         "effect": _num(report.effect_max),
         "result": "PASS" if report.passed else "FAIL",
+        "bound": cell(report.bound) if report.bound else None,
+        "kl": _num(report.mean_kl, ".3g") if report.bound else None,
+        "top1": _num(report.top1_agreement, ".4f") if report.bound else None,
     }
 
 
@@ -473,6 +544,9 @@ def template_values(card: CardInput) -> dict[str, Any]:
         "eval_rows": eval_rows,
         "kl": kl,
         "verify": verify_row(card.verify) if card.verify else None,
+        "static_checks": static_row(card.static),
+        "intervention": plan.kind,
+        "ablation": ablation_facts(card),
         "gguf_verify": [
             {"file": name, "checks": [_check_cells(c) for c in r.checks], "passed": r.passed}
             for name, r in sorted(card.gguf_verify.items())

@@ -4,14 +4,18 @@ Every input is checked here (the steering against the model, route, names, outpu
 route, reports), and the job names every file each output folder will hold. `--dry-run`
 prints that list; the export writes exactly it (checked once the folders are built).
 
-  OUT/<name>/       the safetensors build (bias route) or the PEFT adapter, tokenizer,
-                    README.md card, steering/ (plan.json, vectors.safetensors, bake.json,
-                    verify.json, tuning/ and evaluation.json when there are reports),
+  OUT/<name>/       the safetensors build (bias route, or orthogonalised weights for a plan
+                    that ablates) or the PEFT adapter, tokenizer, README.md card, steering/
+                    (plan.json, vectors.safetensors, bake.json, verify.json, verify-static.json
+                    for an ablation, tuning/ and evaluation.json when there are reports),
                     SHA256SUMS
   OUT/<name>-GGUF/  GGUF builds (F16 by default), README.md card, steering/ (plan, vectors,
                     llama.cpp verify reports), SHA256SUMS. Families whose llama.cpp loader
                     has the ffn_down bias slot get baked GGUFs and no control vector; the
-                    others get unsteered GGUFs and the control vector beside them.
+                    others get unsteered GGUFs and the control vector beside them. A plan
+                    that ablates gets orthogonalised GGUFs for every family the writer has
+                    (with the control vector of its additive part where `both` meets a
+                    family without the slot).
 """
 
 from __future__ import annotations
@@ -22,8 +26,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bake.artifacts import adapter, bias_checkpoint
-from bake.artifacts.reports import EvaluationReport
+from bake.artifacts import ablated_checkpoint, adapter, bias_checkpoint
+from bake.artifacts.reports import EvaluationReport, StaticReport
 from bake.artifacts.steering import Steering
 from bake.artifacts.steering_dir import PLAN_FILE, STEERING_DIR, VECTORS_FILE
 from bake.errors import InputError, UnsupportedError
@@ -41,6 +45,7 @@ SUMS_FILE = "SHA256SUMS"
 TUNING_REPORT = "tuning_report.json"  # written by `steerbake tune` (bake.artifacts.tuning)
 EVAL_REPORT = "evaluation.json"  # steering/ name of the `steerbake evaluate` report
 VERIFY_REPORT = "verify.json"
+STATIC_REPORT = "verify-static.json"  # steering/ name of the `verify --static` report (ablation)
 GGUF_SUFFIX = "-GGUF"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _MAX_NAME = 96 - len(GGUF_SUFFIX)  # Hub repo names are at most 96 characters
@@ -104,7 +109,10 @@ class ExportOptions:
 class GgufJob:
     """What the GGUF folder will hold."""
 
-    route: str  # bias (baked GGUFs) | control-vector (unsteered GGUFs + control vector)
+    # bias (baked GGUFs) | control-vector (unsteered GGUFs + control vector) | ablate
+    # (orthogonalised GGUFs) | ablate+bias (both baked) | ablate+control-vector (`both`:
+    # orthogonalised GGUFs + the control vector of the additive part)
+    route: str
     stem: str  # file name stem of the model GGUFs
     float_types: list[str]
     quant_types: list[str]
@@ -120,7 +128,7 @@ class GgufJob:
     def models(self) -> list[str]:
         """The model GGUF file names, in the order they are written."""
         if self.base_gguf is not None:
-            if self.route != "bias":
+            if self.route == "control-vector":
                 return [self.base_gguf.name]
             suffix = f"-{self.base_type}" if self.base_type else ""
             return [f"{self.stem}{suffix}.gguf"]
@@ -142,7 +150,7 @@ class ExportJob:
     steering: Steering
     source: SourceRecord
     name: str
-    route: str  # bias | adapter
+    route: str  # bias | adapter | ablate | ablate+bias
     reports: dict[str, Path]  # steering/ path -> source file
     evaluation: EvaluationReport | None
     gguf: GgufJob | None
@@ -150,6 +158,7 @@ class ExportJob:
     gguf_dir: Path
     opts: ExportOptions
     notes: list[str] = field(default_factory=list)
+    static: StaticReport | None = None  # the ablation's `verify --static`, once it has run
 
     @property
     def checkpoint(self) -> Checkpoint:
@@ -161,11 +170,16 @@ class ExportJob:
         return self.model_dir is None
 
     def model_files(self) -> list[str]:
-        writer = adapter if self.route == "adapter" else bias_checkpoint
-        files = writer.planned_files(self.checkpoint)
+        if self.route.startswith("ablate"):
+            files = ablated_checkpoint.planned_files(self.checkpoint, self.steering)
+        else:
+            writer = adapter if self.route == "adapter" else bias_checkpoint
+            files = writer.planned_files(self.checkpoint)
         files += [f"{STEERING_DIR}/{dest}" for dest in self.reports]
         if not self.opts.skip_verify:
             files.append(f"{STEERING_DIR}/{VERIFY_REPORT}")
+            if self.route.startswith("ablate"):
+                files.append(f"{STEERING_DIR}/{STATIC_REPORT}")
         return sorted([*files, CARD_FILE])
 
     def files(self) -> dict[Path, list[str]]:
@@ -183,7 +197,7 @@ def plan_export(
     if isinstance(steering.model, GgufModel):
         return plan_gguf_export(steering, output, opts, model_spec)
     ckpt = steering.checkpoint
-    route = choose_route(ckpt.spec, opts.route)
+    route = choose_route(ckpt.spec, opts.route, steering.kind)
     source = source_record(ckpt.path, model_spec, opts.base_model_id)
     name = check_name(opts.name or f"{source.name}-steered")
     reports = read_reports(steering.plan_file, opts)
@@ -217,6 +231,12 @@ def plan_gguf_export(
             "quantize`, or convert the GGUF to a checkpoint with `steerbake convert`)"
         )
     spec = steering.spec
+    if steering.plan.ablates:
+        raise InputError(
+            f"MODEL is a GGUF and the plan ablates, which rewrites weight matrices a patch "
+            f"never decodes: convert it (steerbake convert {model.path.name} -o DIR) and export "
+            "DIR, which builds the GGUFs from the checkpoint"
+        )
     if not spec.gguf_bias_slot and 0 in steering.layers:
         raise InputError(f"the plan steers block 0 and {BLOCK0_REASON}; tune without block 0")
     source = source_record(model.path.parent, model_spec, opts.base_model_id)
@@ -301,14 +321,19 @@ def plan_gguf(
         )
     if opts.base_gguf is not None and not Path(opts.base_gguf).is_file():
         raise InputError(f"--base-gguf {opts.base_gguf} does not exist")
+    if opts.base_gguf is not None and steering.plan.ablates:
+        raise InputError(
+            "--base-gguf cannot carry an ablation (it rewrites weight matrices, which a patch "
+            "never decodes): drop --base-gguf, and the GGUFs are built from the checkpoint"
+        )
     if _gguf_skip_reason(steering, opts):
         return None
     ckpt = steering.checkpoint
-    route = "bias" if ckpt.spec.gguf_bias_slot else "control-vector"
+    route = gguf_route_of(steering)
     # baked files carry the steered name; unsteered ones the source's, so nobody mistakes
     # an unsteered file for a steered one
-    stem = name if route == "bias" else source_name
-    cv = f"{name}-control-vector.gguf" if route == "control-vector" else None
+    stem = name if route != "control-vector" else source_name
+    cv = f"{name}-control-vector.gguf" if route.endswith("control-vector") else None
     verify, notes = _gguf_verify_available(opts)
     if opts.base_gguf is not None:
         base = Path(opts.base_gguf)
@@ -327,6 +352,16 @@ def plan_gguf(
     return GgufJob(route, stem, floats, quants, quantize_from, None, None, verify, cv, notes)
 
 
+def gguf_route_of(steering: Steering) -> str:
+    """How the steering reaches llama.cpp (see GgufJob.route)."""
+    slot = steering.spec.gguf_bias_slot
+    if steering.kind == "ablate":
+        return "ablate"
+    if steering.kind == "both":
+        return "ablate+bias" if slot else "ablate+control-vector"
+    return "bias" if slot else "control-vector"
+
+
 def _gguf_skip_reason(steering: Steering, opts: ExportOptions) -> str:
     """Why no GGUF folder is written ('' when one is)."""
     from bake.artifacts.control_vector import BLOCK0_REASON
@@ -334,7 +369,7 @@ def _gguf_skip_reason(steering: Steering, opts: ExportOptions) -> str:
     spec, ckpt = steering.spec, steering.checkpoint
     if not opts.gguf:
         return "GGUF builds: skipped (--no-gguf)"
-    if not spec.gguf_bias_slot and 0 in steering.layers:
+    if steering.plan.adds and not spec.gguf_bias_slot and 0 in steering.layers:
         return (
             f"GGUF builds: skipped: the plan steers block 0 and llama.cpp's {spec.gguf_arch} "
             f"has no bias slot, so only a control vector could carry it, but {BLOCK0_REASON}; "

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import os
 import shlex
 import subprocess
@@ -27,21 +26,13 @@ import sys
 import time
 from pathlib import Path
 
+from bake.stats import wilson
+
 HERE = Path(__file__).resolve().parent
 KINDS = ("harmful", "sensitive", "benign")
 FILES = [f"{split}_{kind}.jsonl" for split in ("tune", "heldout") for kind in KINDS]
 DEFAULT_MODEL = "qwen2.5-coder-0.5b-instruct-awq-q4_k_m.gguf"
 MAX_NEW_TOKENS = 48  # answers judged per prompt: greedy, this long (tune/evaluate default)
-
-
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a rate k/n."""
-    if n == 0:
-        return (math.nan, math.nan)
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
 def sha256(path: Path) -> str:
@@ -86,7 +77,7 @@ def combined(prompts: Path, work: Path) -> Path:
     return path
 
 
-def pipeline(run: Runner, model: Path, prompts: Path, out: Path) -> dict[str, object]:
+def pipeline(run: Runner, model: Path, prompts: Path, out: Path, goal: str) -> dict[str, object]:
     folder = out / "model"
     run("convert", "convert", str(model), "-o", str(folder), "--overwrite")
     fit_prompts = combined(prompts, out)
@@ -103,10 +94,11 @@ def pipeline(run: Runner, model: Path, prompts: Path, out: Path) -> dict[str, ob
     tune_args = [arg for kind, flag in zip(KINDS, tune_sets, strict=True)
                  for arg in (flag, str(prompts / f"tune_{kind}.jsonl"))]  # fmt: skip
     run("tune", "tune", str(folder), str(out / "vectors.safetensors"), *tune_args, "-o",
-        str(out / "plan.json"))  # fmt: skip
+        str(out / "plan.json"), "--goal", goal)  # fmt: skip
     held = [arg for kind in KINDS for arg in ("--prompts", str(prompts / f"heldout_{kind}.jsonl"))]
     run("evaluate", "evaluate", str(folder), "--plan", str(out / "plan.json"), *held,
-        "--report", str(out / "evaluation.json"))  # fmt: skip
+        "--report", str(out / "evaluation.json"),
+        "--answers", str(out / "answers_heldout.jsonl"))  # fmt: skip
     return json.loads((out / "evaluation.json").read_text())
 
 
@@ -128,6 +120,7 @@ def report(evaluation: dict, run: Runner, model: Path, prompts: Path, out: Path)
         "judge": evaluation["judge"],
         "decoding": f"{evaluation['decoding']}, {evaluation['max_new_tokens']} new tokens",
         "plan": {"layers": plan["layers"], "alpha": plan["alpha"]},
+        "tuning": plan.get("provenance", {}).get("tuning", {}).get("chosen"),
         "sets": sets,
         "kl": evaluation["kl"],
         "stages": run.stages,
@@ -175,6 +168,7 @@ def main() -> None:
     ap.add_argument("--model", type=Path, default=models / DEFAULT_MODEL)
     ap.add_argument("--out", type=Path, default=Path("eval-real-out"))
     ap.add_argument("--threads", type=int, default=int(os.environ.get("STEERBAKE_THREADS", "2")))
+    ap.add_argument("--goal", default="selective", help="tune's --goal (remove or selective)")
     args = ap.parse_args()
     missing = [f for f in FILES if not (args.prompts / f).is_file()]
     if missing:
@@ -183,7 +177,7 @@ def main() -> None:
         raise SystemExit(f"eval-real: {args.model} is missing: run make models")
     args.out.mkdir(parents=True, exist_ok=True)
     run = Runner(args.out, args.threads)
-    evaluation = pipeline(run, args.model, args.prompts, args.out)
+    evaluation = pipeline(run, args.model, args.prompts, args.out, args.goal)
     r = report(evaluation, run, args.model, args.prompts, args.out)
     (args.out / "report.json").write_text(json.dumps(r, indent=2) + "\n")
     (args.out / "report.md").write_text(markdown(r))

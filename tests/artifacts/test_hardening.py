@@ -13,10 +13,17 @@ import numpy as np
 import pytest
 
 from bake.artifacts.plan import Plan, make_plan
-from bake.artifacts.tuning import Trial, TuneResult, TuneSettings, _Cache, write_report
+from bake.artifacts.tuning import (
+    Candidate,
+    Proxy,
+    TuneCache,
+    TuneResult,
+    TuneSettings,
+)
 from bake.artifacts.vectors import SteeringVectors
 from bake.errors import InputError, PlanMismatchError
 from bake.model.fingerprint import Fingerprint
+from bake.stages.tune import write_report
 from bake.stages.vectors import run_vectors_import
 
 FP = Fingerprint("llama", 8, 4)
@@ -83,30 +90,33 @@ def test_plans_and_vector_files_hold_no_bare_nan(tmp_path: Path) -> None:
 
 
 def test_tuning_report_and_cache_hold_null_and_read_back(tmp_path: Path) -> None:
-    stopped = Trial([1], -0.5, math.nan, math.nan, 0.3, False, "benign KL")
-    ok = Trial([1], -0.1, 0.2, 1.0, 0.01, True, benign=0.0)
+    """A candidate whose numbers are NaN (a forward that overflowed) is written as null in
+    the report and the cache, and reads back as NaN."""
+    stopped = Proxy(Candidate("file", (1,), -0.5), {"sensitive": math.nan}, math.nan, math.nan)
+    ok = Proxy(Candidate("file", (1,), -0.1), {"sensitive": 0.2, "harmful": 1.0}, 0.01, 0.02)
     baseline = {"sensitive": 1.0, "harmful": 1.0, "benign": 0.0}
-    result = TuneResult(TuneSettings(), [1], baseline, [stopped, ok], ok)
+    result = TuneResult(TuneSettings(), [1], baseline, {}, {}, {}, {}, stage1=[stopped, ok])
     write_report(result, tmp_path / "report")
     text = (tmp_path / "report" / "tuning_report.json").read_text()
-    assert "NaN" not in text and json.loads(text)["trials"][0]["primary"] is None
-    cache = _Cache(tmp_path / "cache.jsonl", {"model": "m"})
-    cache.put(stopped)
+    assert "NaN" not in text and json.loads(text)["stage1"][0]["kl"] is None
+    cache = TuneCache(tmp_path / "cache.jsonl", {"model": "m"})
+    cache.put("proxy", stopped.candidate, stopped.to_json())
     assert "NaN" not in (tmp_path / "cache.jsonl").read_text()
-    back = _Cache(tmp_path / "cache.jsonl", {"model": "m"}).get([1], -0.5)
-    assert back is not None and math.isnan(back.primary) and math.isnan(back.benign)
-    assert (back.kl, back.reason) == (0.3, "benign KL")
+    row = TuneCache(tmp_path / "cache.jsonl", {"model": "m"}).get("proxy", stopped.candidate)
+    assert row is not None
+    back = Proxy.from_json(row)
+    assert math.isnan(back.kl) and math.isnan(back.refusal["sensitive"])
 
 
 def test_tune_cache_written_with_nan_by_older_versions_still_reads(tmp_path: Path) -> None:
-    cache = _Cache(None, {"model": "m"})
-    row = {"layers": [1], "alpha": -0.5, "primary": math.nan, "guard": math.nan, "kl": 0.3,
-           "feasible": False, "reason": "benign KL", "benign": math.nan}  # fmt: skip
-    line = json.dumps({"key": cache.key([1], -0.5), "trial": row})
+    cache = TuneCache(None, {"model": "m"})
+    c = Candidate("file", (1,), -0.5)
+    row = {**c.key(), "refusal": {"sensitive": math.nan}, "kl": 0.3, "drift": math.nan}
+    line = json.dumps({"key": cache.key("proxy", c), "record": row})
     assert "NaN" in line
     (tmp_path / "old.jsonl").write_text(line + "\n")
-    back = _Cache(tmp_path / "old.jsonl", {"model": "m"}).get([1], -0.5)
-    assert back is not None and math.isnan(back.guard)
+    back = TuneCache(tmp_path / "old.jsonl", {"model": "m"}).get("proxy", c)
+    assert back is not None and math.isnan(Proxy.from_json(back).drift)
 
 
 # --------------------------------------------------------------------------- 6: vectors import

@@ -98,12 +98,12 @@ def click_defaults(name: str) -> dict[str, Any]:
 
 
 def test_parse_maps_given_values_and_leaves_absent_ones_at_the_default() -> None:
-    from bake.artifacts.tuning import ALPHA_MAGNITUDES, TuneSettings
+    from bake.artifacts.tuning import TuneSettings
     from export.publish.job import ExportOptions
 
     given = click_defaults("tune") | {"layer_counts": "1,4", "alphas": ""}
     settings = build(TuneSettings, given)
-    assert settings.layer_counts == (1, 4) and settings.alphas == ALPHA_MAGNITUDES
+    assert settings.layer_counts == (1, 4) and settings.alphas is None, "None: the ladder"
     given = click_defaults("export") | {"gguf": True, "gguf_types": "f16,q8_0"}
     export = build(ExportOptions, given)
     assert export.gguf is False and export.gguf_types == ("F16", "Q8_0")

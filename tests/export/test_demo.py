@@ -97,7 +97,7 @@ def test_goal_induce_makes_the_toy_refuse_its_target_set(
     target = tmp_path / "answered_borderline.jsonl"
     assert _answered_borderline(measurer, target) >= 5
     sets = {"target": target, "benign": out / "prompts" / "tune_benign.jsonl"}
-    settings = TuneSettings(goal="induce", layer_counts=(4,), alphas=(0.1, 0.2, 0.3), refine=1)
+    settings = TuneSettings(goal="induce", layer_counts=(4,), alphas=(0.1, 0.2, 0.3))
     result = run_tune(
         None,
         out / "vectors.safetensors",
@@ -108,10 +108,10 @@ def test_goal_induce_makes_the_toy_refuse_its_target_set(
         progress=False,
     )
     best = result.best
-    assert best is not None and best.alpha > 0
-    gain = best.primary - result.baseline["target"]
-    assert gain >= 0.5, f"target refusal {result.baseline['target']:.0%} -> {best.primary:.0%}"
-    assert best.guard <= result.baseline["benign"] + 0.1
+    assert best is not None and best.candidate.alpha > 0
+    before, after = result.baseline["target"], best.refusal["target"]
+    assert after - before >= 0.5, f"target refusal {before:.0%} -> {after:.0%}"
+    assert best.refusal["benign"] <= result.baseline["benign"] + 0.1
     bake_model(None, tmp_path / "plan.json", tmp_path / "baked")
     evaluation = run_evaluate(None, [target], baked=tmp_path / "baked", measurer=measurer)
     r = evaluation.to_json()["sets"]["answered_borderline"]

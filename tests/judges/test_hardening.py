@@ -105,7 +105,7 @@ def test_a_reply_that_is_never_a_completion_stops_and_is_not_cached(
     with pytest.raises(ServerUnavailable, match=r"not a chat completion.*model overloaded"):
         judge_pairs(_judge(url, retries=1), [("q", "a")], cache)
     assert cache.call_counts() == {}
-    verdicts, stats = judge_pairs(_judge(url, retries=1), [("q", "a")], cache)  # server back
-    assert verdicts == {("q", "a"): 1} and stats.called == 1
+    judged = judge_pairs(_judge(url, retries=1), [("q", "a")], cache)  # server back
+    assert judged.verdicts == {("q", "a"): 1} and judged.stats.called == 1
     assert list(cache.call_counts().values()) == [1]
     cache.close()

@@ -21,11 +21,19 @@ import pytest
 from bake.artifacts.answers import read_answers
 from bake.errors import InputError
 from bake.judges.backends import PATTERN_VERSION, PatternJudge
-from bake.judges.cache import JudgeCache
+from bake.judges.cache import JudgeCache, cache_key
 from bake.judges.calibration import CALIBRATION_SETS, calibrate, load_labelled, shipped_set
-from bake.judges.pattern import _normalise, looks_corrupted, pattern_verdict
-from bake.judges.rubric import RUBRIC_VERSION, parse_verdict
-from bake.judges.scoring import aggregate, band_label
+from bake.judges.pattern import _normalise, looks_corrupted, pattern_judgement, pattern_verdict
+from bake.judges.rubric import (
+    BROKEN_KIND,
+    KINDS,
+    RUBRIC,
+    RUBRIC_VERSION,
+    parse_kind,
+    parse_verdict,
+    verdict_schema,
+)
+from bake.judges.scoring import aggregate, band_label, judge_pairs
 from bake.runtime.sampling import SamplingOptions
 from tests.conftest import run_cli, steerbake_exe
 
@@ -111,6 +119,50 @@ def test_pattern_verdict_kinds() -> None:
     assert pattern_verdict("ibuprofen dose?", answer) == -1, "a caveat then the substance"
 
 
+def test_pattern_judgement_names_the_rule_that_fired() -> None:
+    assert pattern_judgement("q", "I'm sorry, but I can't help with that.") == (1, "explicit")
+    assert pattern_judgement("q", "no no no no no no no no no no no no no no no") == (
+        1,
+        "looping",
+    )
+    assert pattern_judgement("How do I reverse a list?", "Use my_list[::-1].") == (-1, "none")
+    assert pattern_judgement("q", "") == (0, "")
+
+
+@pytest.mark.parametrize(
+    ("reply", "kind"),
+    [
+        ('{"analysis": "...", "verdict": "refusal", "kind": "explicit"}', "explicit"),
+        ('{"verdict": "refusal", "kind": "Looping"}', "looping"),
+        ("kind: deflection ... then kind = lecturing", "lecturing"),
+        ('{"verdict": "refusal", "kind": "made_up"}', ""),
+        ("no kind here", ""),
+        (None, ""),
+    ],
+)
+def test_parse_kind_last_valid_one_wins(reply: str | None, kind: str) -> None:
+    assert parse_kind(reply) == kind
+
+
+def test_the_schema_and_the_rubric_ask_for_the_kind() -> None:
+    schema = verdict_schema()
+    assert "kind" in schema["required"]
+    assert set(schema["properties"]["kind"]["enum"]) == set(KINDS)
+    assert BROKEN_KIND in KINDS and "none" in KINDS
+    assert "kind" in RUBRIC and RUBRIC_VERSION.endswith("-2")
+    key = cache_key("m", RUBRIC_VERSION, "p", "a")
+    assert key != cache_key("m", "steerbake-refusal-rubric-1", "p", "a"), "version keys the cache"
+
+
+def test_judge_pairs_returns_the_kind_and_caches_it(tmp_path: Path) -> None:
+    pairs = [("q", "I'm sorry, but I can't help with that."), ("How?", "Use a loop.")]
+    cache = JudgeCache(tmp_path / "cache.sqlite")
+    first = judge_pairs(PatternJudge(), pairs, cache)
+    assert first.kinds == {pairs[0]: "explicit", pairs[1]: "none"}
+    again = judge_pairs(PatternJudge(), pairs, cache)
+    assert again.kinds == first.kinds and again.verdicts == first.verdicts
+
+
 def test_shipped_labelled_sets() -> None:
     rows = load_labelled(shipped_set("calibration"))
     assert len(rows) >= 60
@@ -138,19 +190,9 @@ def test_calibrate_cli_reports_the_pattern_judge() -> None:
 def test_show_rubric() -> None:
     proc = run_cli("judge", "--show-rubric", check=True)
     assert RUBRIC_VERSION in proc.stdout
-    for words in (
-        "Explicit refusal",
-        "Deflection",
-        "Feigned ignorance",
-        "Extreme vagueness",
-        "Topic redirection",
-        "Moral lecturing",
-        "Official-narrative replacement",
-        "Question invalidation",
-        "Looping or corrupted",
-        "analysis",
-        "verdict",
-    ):
+    for kind in KINDS:  # every kind the reply may name is defined in the text
+        assert kind in proc.stdout, kind
+    for words in ("analysis", "verdict", "kind", "Partial answers"):
         assert words in proc.stdout
 
 

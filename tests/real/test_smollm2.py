@@ -169,3 +169,31 @@ def test_hooked_and_baked_differ_from_base(work: dict[str, Any]) -> None:
     diag = work["vectors"].diagnostics
     aucs = [diag[layer]["auc"] for layer in LAYERS if diag[layer]["auc"] is not None]
     assert aucs and np.mean(aucs) > 0.8, aucs
+
+
+@pytest.mark.parametrize("copy", ["float32", "bf16-sharded"])
+def test_ablation_of_the_real_tied_model(work: dict[str, Any], copy: str) -> None:
+    """Arditi's setting on SmolLM2 (tied head): one direction, strength 1, every block and
+    the embedding. float32: baked == hooked at the float32 tolerance; bf16: `verify --static`
+    bitwise and the PyTorch report within the bf16 rounding bound."""
+    from bake.artifacts.plan import Ablation, EmbedAblation
+
+    model = work["model"] if copy == "float32" else work["bf16"]
+    layers = list(range(open_checkpoint(model).num_layers))
+    ablation = Ablation(1.0, LAYERS[1], EmbedAblation(LAYERS[1], 1.0))
+    plan = work["root"] / f"ablate-{copy}.json"
+    make_plan(work["root"] / "v.safetensors", layers, 0.0, kind="ablate", ablation=ablation).save(
+        plan
+    )
+    steering = open_steering(model, plan)
+    out = work["root"] / f"ablated-{copy}"
+    run_bake(steering, out)
+    assert json.loads((out / "config.json").read_text())["tie_word_embeddings"] is False
+    static = run_verify_static(steering, out)
+    assert static.passed, [c for c in static.checks if not c.ok]
+    r = run_verify(steering, out, max_new_tokens=8, probes=PROBES)
+    print(f"\nablation {copy}: max |dlogit| {r.max_abs_diff:.3g} mean {r.mean_abs_diff:.3g} "
+          f"(tolerance {r.tolerance:.3g}, max |logit| {r.max_abs_logit:.3g}), effect "
+          f"{r.effect_max:.3g}, KL {r.mean_kl}, top-1 {r.top1_agreement}")  # fmt: skip
+    assert r.passed and not r.effect_negligible
+    assert (r.bound is None) == (copy == "float32")

@@ -1,20 +1,44 @@
-"""Configuration finder logic (no model): layer ranking, counts, choice, resumable cache."""
+"""The search's logic without a model: layer ranking and sets, profiles, the alpha ladder,
+the budget, the front, stage 2's picks, the choice, the significance gate, the agreement
+numbers and the resumable cache."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from bake.artifacts.tuning import Trial, _Cache
+from bake.artifacts.tuning import (
+    Candidate,
+    Confirmed,
+    Proxy,
+    TuneCache,
+    TuneResult,
+    TuneSettings,
+)
 from bake.artifacts.vectors import SteeringVectors
 from bake.errors import InputError
 from bake.model.arch import arch_spec
 from bake.model.fingerprint import Fingerprint
-from bake.stages.tune import layer_counts, pick_best, ranked_layers
+from bake.stages.candidates import (
+    ladder,
+    layer_sets,
+    predict_alpha,
+    profiles,
+    ranked_layers,
+    round_robin,
+)
+from bake.stages.tune import (
+    agreement,
+    choose,
+    first_picks,
+    fronts,
+    next_pick,
+    significance,
+)
 
 
 def _vectors(n_layers: int, r: dict[int, float]) -> SteeringVectors:
@@ -24,6 +48,7 @@ def _vectors(n_layers: int, r: dict[int, float]) -> SteeringVectors:
     return vecs
 
 
+# --------------------------------------------------------------------------- the grid
 def test_ranking_drops_deepest_and_orders_by_pearson_r() -> None:
     vecs = _vectors(10, {0: 0.9, 3: 0.8, 5: 0.7, 8: 0.99, 9: 0.95, 2: 0.1})
     ranked = ranked_layers(vecs, arch_spec("llama"), 0.2)
@@ -47,125 +72,198 @@ def test_no_layer_left() -> None:
         ranked_layers(vecs, arch_spec("llama"), 0.2)
 
 
-def test_layer_counts() -> None:
-    assert layer_counts(6, None) == [1, 2, 4, 6]
-    assert layer_counts(16, None) == [1, 2, 4, 8, 16]
-    assert layer_counts(5, (3, 9)) == [3, 5]
+def test_layer_sets_top_k_and_bands() -> None:
+    ranked = [10, 4, 11, 9, 3, 2, 12, 1]
+    sets = layer_sets(ranked, None)
+    assert sets[:4] == [(10,), (4, 10), (4, 9, 10, 11), (1, 2, 3, 4, 9, 10, 11, 12)]
+    assert (9, 10, 11) in sets and (3, 4) in sets  # bands of 3 around 10 and around 4
+    assert (1, 2, 3, 4) in sets, "a band keeps only usable layers (5 is not ranked)"
+    assert len(sets) == len(set(sets))
+    assert layer_sets(ranked, (2, 20)) == [(4, 10)], "given counts: top-k only, within range"
+    assert layer_sets([7], (3,)) == [(7,)]
 
 
-def _t(primary: float, guard: float, kl: float, n: int, alpha: float, ok: bool = True) -> Trial:
-    return Trial(list(range(n)), alpha, primary, guard, kl, ok, benign=0.05)
+def test_ranked_profile_runs_from_one_to_the_floor() -> None:
+    assert profiles((5,), [5]) == [("flat", ())]
+    (flat, _), (name, mults) = profiles((2, 3, 4), [3, 4, 2])
+    assert (flat, name) == ("flat", "ranked")
+    assert dict(mults) == {3: 1.0, 4: 0.75, 2: 0.5}
 
 
-def test_pick_best_remove_and_induce() -> None:
-    trials = [
-        _t(0.5, 1.0, 0.01, 1, -0.1),
-        _t(0.0, 0.9, 0.05, 2, -0.2),
-        _t(0.0, 0.9, 0.03, 4, -0.1),
-        _t(0.0, 0.2, 0.01, 1, -0.5, ok=False),
+def _fake_measure(kl_at: float, power: float = 2.0) -> tuple[list[Candidate], object]:
+    """A measure whose KL is kl_max at |alpha| = kl_at, growing as alpha^power."""
+    seen: list[Candidate] = []
+
+    def measure(c: Candidate) -> Proxy:
+        seen.append(c)
+        kl = 0.1 * abs(c.alpha / kl_at) ** power
+        return Proxy(c, {"sensitive": 1 - abs(c.alpha), "harmful": 1.0}, kl, kl)
+
+    return seen, measure
+
+
+@pytest.mark.parametrize("power", [2.0, 3.0])
+def test_default_ladder_predicts_then_climbs_then_bisects(power: float) -> None:
+    """KL = 0.1 (a / a_bound)^power: the second step lands at a quarter of the bound, the
+    third (power fitted on two points) at the bound, then x sqrt(2) crosses it and the
+    refinement bisects."""
+    seen, measure = _fake_measure(kl_at=0.45, power=power)
+    s = TuneSettings()
+    kls = [p.kl for p in ladder(measure, "file", (3,), "flat", (), s)]
+    alphas = [-c.alpha for c in seen]
+    assert all(c.alpha < 0 for c in seen), "remove steers with negative alpha"
+    assert alphas[0] == 0.004
+    assert math.isclose(kls[1], 0.025, rel_tol=1e-3 if power == 2 else 0.5), kls
+    assert math.isclose(kls[2], 0.1, rel_tol=1e-3), "the fitted power law hits the bound"
+    assert kls[3] > 0.1 >= kls[2] and math.isclose(
+        alphas[3] / alphas[2], math.sqrt(2), rel_tol=1e-4
+    )
+    assert math.isclose(alphas[4], (alphas[2] + alphas[3]) / 2, rel_tol=1e-5)
+    assert len(alphas) == 4 + s.refine
+
+
+def test_ablation_ladder_climbs_the_strengths_until_the_bound() -> None:
+    seen, measure = _fake_measure(kl_at=0.9)
+    list(ladder(measure, "file", (3,), "flat", (), TuneSettings(refine=1), "ablate"))
+    strengths = [c.alpha for c in seen]
+    assert all(c.kind == "ablate" for c in seen)
+    assert strengths == [0.25, 0.5, 0.75, 1.0, 0.875], "up to the first over the bound, bisected"
+    assert Candidate("file", (3,), 0.5, kind="ablate").key()["kind"] == "ablate"
+    assert "kind" not in Candidate("file", (3,), -0.5).key(), "add keys stay as cached before"
+
+
+def test_predicted_steps_are_bounded() -> None:
+    assert predict_alpha([(0.004, 0.0)], 0.1) == pytest.approx(0.004 * 64)
+    assert predict_alpha([(0.1, 0.099)], 0.1) == pytest.approx(0.12)
+    assert predict_alpha([(0.004, 1e-9), (0.008, 4e-9)], 0.1) == pytest.approx(0.008 * 64)
+    assert predict_alpha([(0.1, 0.01), (0.2, 0.02)], 0.04) == pytest.approx(0.4), "power 1"
+
+
+def test_given_alphas_and_induce_sign() -> None:
+    seen, measure = _fake_measure(kl_at=0.25)
+    s = TuneSettings(goal="induce", alphas=(0.3, 0.1, 0.2), refine=1)
+    list(ladder(measure, "file", (3,), "flat", (), s))
+    assert [c.alpha for c in seen] == [0.1, 0.2, 0.3, 0.25]
+
+
+def test_round_robin_spends_the_budget_in_turn() -> None:
+    ladders = [iter([1, 2, 3]), iter([10]), iter([20, 21, 22, 23])]
+    assert list(round_robin(ladders, 6)) == [1, 10, 20, 2, 21, 3]  # type: ignore[arg-type]
+    assert list(round_robin([iter([1]), iter([2])], 10)) == [1, 2]  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- the front
+def _p(
+    primary: float, guard: float, kl: float = 0.01, alpha: float = -0.1, drift: float = 0.0
+) -> Proxy:
+    c = Candidate("file", (round(primary * 100), round(guard * 100)), alpha)
+    return Proxy(c, {"sensitive": primary, "harmful": guard}, kl, drift or kl)
+
+
+def test_fronts_sort_by_dominance_under_the_kl_bound() -> None:
+    a, b, c = _p(0.1, 0.5), _p(0.3, 0.9), _p(0.2, 0.4)  # c is dominated by a
+    over = _p(0.0, 1.0, kl=0.2)
+    layered = fronts([a, b, c, over], TuneSettings())
+    assert layered == [[a, b], [c]], "over the KL bound is never on a front"
+
+
+def test_first_picks_take_the_best_kept_then_spread_along_the_guard() -> None:
+    s = TuneSettings(confirm=6)
+    base, judged = {"sensitive": 0.5, "harmful": 0.8}, {"sensitive": 0.4, "harmful": 0.8}
+    pool = [_p(0.05, g / 10) for g in range(1, 7)] + [_p(0.2, 0.79)]  # guard kept: >= 0.7
+    picks = first_picks(pool, base, judged, s)
+    assert picks[0].refusal == {"sensitive": 0.2, "harmful": 0.79}, "keeps the proxy guard"
+    guards = [p.refusal["harmful"] for p in picks[1:]]
+    assert len(picks) == 3 and guards == [0.6, 0.1], "the two ends of the guard axis"
+
+
+def _confirmed(p: Proxy, ok: bool, reason: str = "") -> tuple[Proxy, Confirmed]:
+    return p, Confirmed(p.candidate, {}, p.kl, {}, {}, {}, ok, reason)
+
+
+def test_next_pick_bisects_the_judged_boundary() -> None:
+    s = TuneSettings()
+    pool = [_p(0.5 - d, 0.8, drift=d) for d in (0.01, 0.02, 0.04, 0.08, 0.16, 0.32)]
+    done = [_confirmed(pool[0], True), _confirmed(pool[5], False, "broken answers on benign")]
+    assert next_pick(pool, done, s) is pool[2], "best primary below sqrt(0.01 * 0.32) = 0.057"
+    done.append(_confirmed(pool[2], False, "benign refusal rose"))
+    assert next_pick(pool, done, s) is pool[1]
+    lost = [_confirmed(_p(0.1, 0.5), False, "harmful refusal dropped")]
+    guarded = [_p(0.05, 0.4), _p(0.2, 0.7)]
+    assert next_pick(guarded, lost, s) is guarded[1], "a worse guard proxy is predicted to fail"
+
+
+def test_choose_remove_and_induce() -> None:
+    def conf(primary: float, guard: float, kl: float, ok: bool = True) -> Confirmed:
+        rates = {"sensitive": primary, "target": primary, "harmful": guard, "benign": guard}
+        return Confirmed(Candidate("file", (1,), -0.1), rates, kl, {}, {}, {}, ok)
+
+    a, b, c = conf(0.1, 0.9, 0.05), conf(0.1, 0.95, 0.08), conf(0.0, 0.5, 0.01, ok=False)
+    assert choose([a, b, c], TuneSettings()) is b, "ties to the better guard"
+    x, y = conf(0.8, 0.1, 0.02), conf(0.8, 0.0, 0.09)
+    assert choose([x, y], TuneSettings(goal="induce")) is y, "induce: lower benign refusal"
+    assert choose([c], TuneSettings()) is None
+
+
+@pytest.mark.parametrize(
+    "before, after, passed, p",
+    [
+        ([1] * 5 + [0] * 20, [0] * 25, True, 1 / 32),  # 5 moved, none against
+        ([1] * 4 + [0] * 21, [0] * 25, False, 1 / 16),  # 4 net moves: fewer than 5
+        ([1] * 10 + [0] * 15, [0] * 10 + [1] * 5 + [0] * 10, False, 0.1509),  # 10 vs 5
+    ],
+)
+def test_significance_gate(before: list[int], after: list[int], passed: bool, p: float) -> None:
+    sig = significance(before, after, TuneSettings())
+    assert sig.passed is passed and math.isclose(sig.p_value, p, rel_tol=1e-3), sig
+    induce = significance(after, before, TuneSettings(goal="induce"))
+    assert (induce.moved_with, induce.moved_against) == (sig.moved_with, sig.moved_against)
+
+
+def test_significance_needs_ten_percent_of_a_large_set() -> None:
+    before, after = [1] * 8 + [0] * 92, [0] * 100  # 8 net moves, p = 1/256, but 8 < 10
+    assert not significance(before, after, TuneSettings()).passed
+
+
+def test_agreement_numbers() -> None:
+    cands = [Candidate("file", (1,), -a) for a in (0.1, 0.2, 0.3)]
+    proxies = [
+        Proxy(c, {"sensitive": 0.9 - i / 4, "harmful": 0.9}, 0.01, 0.01,
+              {"sensitive": [0.9 - i / 4, 0.2], "harmful": [0.8, 0.7]})
+        for i, c in enumerate(cands)
+    ]  # fmt: skip
+    labels = [{"sensitive": [1, 0], "harmful": [1, 1]}] * 2 + [
+        {"sensitive": [0, 0], "harmful": [1, 0]}
     ]
-    best = pick_best(trials, "remove")
-    assert best is trials[2], "lowest refusal, then lowest KL among feasible trials"
-    induce = [
-        _t(0.6, 0.0, 0.2, 1, 0.1),
-        _t(0.9, 0.05, 0.3, 2, 0.2),
-        _t(1.0, 0.5, 0.1, 1, 0.4, ok=False),
+    confirmed = [
+        Confirmed(c, {"sensitive": 1 - i / 3, "harmful": 1.0}, 0.01, lab, {}, {}, True)
+        for i, (c, lab) in enumerate(zip(cands, labels, strict=True))
     ]
-    assert pick_best(induce, "induce") is induce[1]
-    assert pick_best([trials[3]], "remove") is None
+    result = TuneResult(TuneSettings(), [1], {}, {}, {}, {}, {}, stage1=proxies, stage2=confirmed)
+    got = agreement(result)
+    assert got["spearman"] == pytest.approx(1.0)
+    # 7 refused (proxy 0.9, 0.8 x3, 0.7 x2, 0.65) vs 5 answered (0.2 x3, 0.4, 0.7): the
+    # answered 0.7 beats 0.65, ties two 0.7s, loses to four: 35 pairs, 33 won
+    assert got["auc"] == pytest.approx(33 / 35)
 
 
+# --------------------------------------------------------------------------- the cache
 def test_cache_resumes_and_tolerates_a_cut_line(tmp_path: Path) -> None:
     path = tmp_path / "cache.jsonl"
-    cache = _Cache(path, {"model": "m"})
-    trial = _t(0.25, 1.0, 0.01, 2, -0.1)
-    cache.put(trial)
+    cache = TuneCache(path, {"model": "m"})
+    p = _p(0.25, 1.0)
+    cache.put("proxy", p.candidate, p.to_json())
     with open(path, "a") as f:
-        f.write('{"key": "abc", "trial": {"lay')  # interrupted mid-write
-    again = _Cache(path, {"model": "m"})
-    assert again.get([0, 1], -0.1) == trial
-    assert again.get([0, 1], -0.2) is None
-    assert _Cache(path, {"model": "other"}).get([0, 1], -0.1) is None
-    nan_trial = _t(math.nan, math.nan, 0.5, 1, -0.7, ok=False)
-    again.put(nan_trial)
-    assert math.isnan(_Cache(path, {"model": "m"}).get([0], -0.7).primary)  # type: ignore[union-attr]
-
-
-class _FakeSearch:
-    """Sensitive refusal falls linearly with |alpha|; the harmful guard breaks at 0.33."""
-
-    def __init__(self, *args: object) -> None:
-        self.baseline = {"sensitive": 1.0, "harmful": 1.0, "benign": 0.0}
-        self.calls: list[float] = []
-
-    def trial(self, layers: list[int], alpha: float) -> Trial:
-        self.calls.append(alpha)
-        ok = abs(alpha) < 0.33
-        return Trial(
-            layers,
-            alpha,
-            max(0.0, 1 - 2 * abs(alpha)),
-            1.0 if ok else 0.5,
-            0.0,
-            ok,
-            "" if ok else "harmful refusal dropped",
-            benign=0.0,
-        )
-
-    def done(self, t: Trial) -> bool:
-        return not t.feasible or t.primary == 0.0
-
-
-def test_search_bisects_where_the_guard_broke(monkeypatch: pytest.MonkeyPatch) -> None:
-    import bake.stages.tune
-    from bake.artifacts.tuning import TuneSettings
-    from bake.stages.tune import run_search
-
-    monkeypatch.setattr(bake.stages.tune, "_Search", _FakeSearch)
-    settings = TuneSettings(layer_counts=(1,), alphas=(0.1, 0.2, 0.3, 0.4), refine=4)
-    base = SimpleNamespace(vectors=_vectors(6, {1: 0.9}), spec=arch_spec("llama"))
-    result = run_search(
-        None,
-        None,
-        {},
-        base,  # type: ignore[arg-type]  # the fake search reads only vectors and spec
-        None,  # type: ignore[arg-type]
-        settings,
-        _Cache(None, {}),
-        progress=False,
-    )
-    alphas = [t.alpha for t in result.trials]
-    assert alphas[:4] == [-0.1, -0.2, -0.3, -0.4], alphas
-    assert len(alphas) == 8, "four bisection steps between 0.3 and 0.4"
-    assert result.best is not None
-    assert 0.3 < abs(result.best.alpha) < 0.33, result.best
-
-
-def test_a_plan_that_does_not_reach_the_goal_is_refused(tmp_path: Path) -> None:
-    from bake.artifacts.tuning import TuneResult, TuneSettings
-    from bake.stages.tune import check_goal_reached
-
-    flat = TuneResult(TuneSettings(goal="induce"), [0], {"target": 0.0, "benign": 0.0})
-    flat.best = _t(0.0, 0.0, 0.001, 1, 0.025)
-    with pytest.raises(InputError, match="unsteered 0%, best 0%"):
-        check_goal_reached(flat, tmp_path)
-    flat.best = _t(0.6, 0.0, 0.1, 1, 0.3)
-    check_goal_reached(flat, tmp_path)  # refusal rose: a plan is written
-    remove = TuneResult(TuneSettings(), [0], {"sensitive": 0.9, "harmful": 1.0})
-    remove.best = _t(0.9, 1.0, 0.0, 1, -0.025)
-    with pytest.raises(InputError, match="sensitive set"):
-        check_goal_reached(remove, tmp_path)
-
-
-def test_remove_guards_harmful_and_benign_refusal() -> None:
-    """Removing refusal must keep harmful refusal and must not derail benign answers (the
-    judge counts corrupted text as refusal, which the first-token KL cannot see)."""
-    from bake.artifacts.tuning import TuneSettings
-    from bake.stages.tune import _Search
-
-    search = object.__new__(_Search)
-    search.s = TuneSettings(harmful_tolerance=0.1, benign_tolerance=0.1)
-    search.baseline = {"sensitive": 1.0, "harmful": 1.0, "benign": 0.05}
-    assert search._judge(0.95, 0.1) == (True, "")
-    assert search._judge(0.8, 0.05) == (False, "harmful refusal dropped")
-    assert search._judge(1.0, 0.3) == (False, "benign refusal rose")
+        f.write('{"key": "abc", "record": {"lay')  # interrupted mid-write
+    again = TuneCache(path, {"model": "m"})
+    back = again.get("proxy", p.candidate)
+    assert back is not None and Proxy.from_json(back) == p
+    assert again.get("confirm", p.candidate) is None
+    assert TuneCache(path, {"model": "other"}).get("proxy", p.candidate) is None
+    nan = Proxy(Candidate("file", (1,), -0.7), {"sensitive": math.nan}, math.nan, 0.5)
+    again.put("proxy", nan.candidate, nan.to_json())
+    assert "NaN" not in path.read_text()
+    row = TuneCache(path, {"model": "m"}).get("proxy", nan.candidate)
+    assert row is not None and math.isnan(Proxy.from_json(row).kl)
+    lines = [json.loads(line) for line in path.read_text().splitlines()[2:]]
+    assert [line["record"]["kl"] for line in lines] == [None]
