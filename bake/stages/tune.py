@@ -171,13 +171,13 @@ def first_picks(
 def next_pick(
     pool: list[Proxy], done: list[tuple[Proxy, Confirmed]], s: TuneSettings
 ) -> Proxy | None:
-    """Stage 2's second half, one at a time: a bisection of the judged boundary. Confirmed
-    configurations bracket two thresholds: the drift (KL along the answer) above which
-    answers break (failed for benign refusal or broken answers vs passed), and the guard
-    proxy below which the guard is lost. The next pick is the best primary proxy among the
-    unconfirmed candidates inside both midpoints (drift: geometric; guard: arithmetic; the
-    pool's most cautious value stands in for a missing passing side), or else inside the
-    failures alone."""
+    """Stage 2's second half, one at a time: a bisection of the judged boundary in the
+    drift (KL along the answer), over the candidates there are. Confirmed configurations
+    bracket it: the largest drift that passed and the smallest that failed for benign
+    refusal or broken answers. The next pick is the median by drift of the unconfirmed
+    candidates strictly inside that bracket that beat every passing configuration on the
+    primary proxy and keep a better guard proxy than any configuration that lost the guard;
+    with none inside, the best primary proxy below both failures."""
     guard_lost = GUARD_REASON[s.goal]
     left = [p for p in pool if p.candidate not in {q.candidate for q, _ in done}]
     if not left:
@@ -186,20 +186,22 @@ def next_pick(
     broke = [p.drift for p, c in done if not c.feasible and c.reason != guard_lost]
     lost = [objectives(p, s)[1] for p, c in done if c.reason == guard_lost]
     drift_fail, guard_fail = min(broke, default=math.inf), min(lost, default=math.inf)
-    drift_pass = max((p.drift for p in passed), default=min(p.drift for p in left))
-    guard_pass = max(
-        (objectives(p, s)[1] for p in passed), default=min(objectives(p, s)[1] for p in left)
+    drift_pass = max((p.drift for p in passed), default=-math.inf)
+    primary_pass = min((objectives(p, s)[0] for p in passed), default=math.inf)
+    inside = sorted(
+        (
+            p
+            for p in left
+            if drift_pass < p.drift < drift_fail
+            and objectives(p, s)[0] < primary_pass
+            and objectives(p, s)[1] < guard_fail
+        ),
+        key=lambda p: p.drift,
     )
-    drift_mid = math.sqrt(max(drift_pass, 1e-12) * drift_fail) if broke else math.inf
-    guard_mid = (guard_pass + guard_fail) / 2 if lost else math.inf
-
-    def best(drift_cap: float, guard_cap: float) -> Proxy | None:
-        inside = [p for p in left if p.drift < drift_cap and objectives(p, s)[1] < guard_cap]
-        return min(inside, key=lambda p: (*objectives(p, s), p.drift), default=None)
-
-    return best(max(drift_mid, drift_pass), max(guard_mid, guard_pass)) or best(
-        drift_fail, guard_fail
-    )
+    if inside:
+        return inside[(len(inside) - 1) // 2]
+    below = [p for p in left if p.drift < drift_fail and objectives(p, s)[1] < guard_fail]
+    return min(below, key=lambda p: (*objectives(p, s), p.drift), default=None)
 
 
 def choose(confirmed: list[Confirmed], s: TuneSettings) -> Confirmed | None:

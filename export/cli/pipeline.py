@@ -302,8 +302,8 @@ def tune(model: str, vectors_file: Path, **kw: Any) -> None:
 @threaded
 def evaluate(model: str, **kw: Any) -> None:
     """Refusal rate per prompt set before/after steering, and benign KL."""
-    from bake.artifacts.steering import open_steering
     from bake.artifacts.probe import Probe
+    from bake.artifacts.steering import open_steering
     from bake.stages.evaluate import render_evaluation, run_evaluate
 
     o, m = build(EvaluateOptions, kw), build(MeasureOptions, kw)

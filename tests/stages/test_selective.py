@@ -115,3 +115,19 @@ def test_a_fitted_option_binds_to_the_layers_it_covers(llama_dir: Path) -> None:
     bound = base.with_vectors(fitted)
     assert bound.layers == [1]
     assert bound.with_config([2], -0.5).layers == [2]
+
+    from bake.artifacts.tuning import Candidate
+    from bake.stages.tune import candidate_steering
+
+    options = {"file": base, "over": bound}
+    ablate = candidate_steering(options, Candidate("over", (1, 2), 0.75, kind="ablate"))
+    assert ablate.kind == "ablate" and ablate.layers == [1, 2]
+    assert ablate.plan.ablation is not None and ablate.plan.ablation.strength == 0.75
+    add = candidate_steering(
+        options, Candidate("file", (2, 3), -0.1, "ranked", ((2, 1.0), (3, 0.5)))
+    )
+    assert (
+        add.kind == "add"
+        and add.plan.alpha == -0.1
+        and add.plan.layer_multipliers == {2: 1.0, 3: 0.5}
+    )
