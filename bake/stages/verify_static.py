@@ -71,23 +71,8 @@ def _checkpoint_checks(src: Checkpoint, baked: Checkpoint, steering: Steering) -
             if changed
             else f"{len(src.tensors)} tensors, {nbytes / 1e6:.1f} MB",
         )
-        wrong = [
-            n
-            for n, (tag, _, raw) in expected.items()
-            if baked.tensors[n].dtype != tag or bytes(b.raw(n)) != raw
-        ]
         steered = {src.spec.down_proj_name(layer, "bias") for layer in steering.layers}
-        yield _finite_check({n: _values(b.raw(n), baked.tensors[n].dtype) for n in steered})
-        yield _check(
-            "steering biases equal the plan (checkpoint dtype)",
-            not [n for n in wrong if n in steered],
-            f"{len(steered)} tensors",
-        )
-        yield _check(
-            "other biases zero",
-            not [n for n in wrong if n not in steered],
-            f"{len(expected) - len(steered)} tensors",
-        )
+        yield from _bias_checks(baked, b, expected, steered)
 
 
 def _ablation_checks(src: Checkpoint, baked: Checkpoint, steering: Steering) -> Iterator[Check]:
@@ -170,6 +155,29 @@ def _recomputed_equal(
     return same and pos == len(stored)
 
 
+def _bias_checks(
+    baked: Checkpoint, b: MappedShards, expected: dict[str, Any], steered: set[str]
+) -> Iterator[Check]:
+    """Every expected bias (name -> (dtype tag, shape, bytes)) stored as expected: finite,
+    the steered ones equal to the plan's rounded vectors, the others zero."""
+    wrong = [
+        n
+        for n, (tag, _, raw) in expected.items()
+        if baked.tensors[n].dtype != tag or bytes(b.raw(n)) != raw
+    ]
+    yield _finite_check({n: _values(b.raw(n), baked.tensors[n].dtype) for n in steered})
+    yield _check(
+        "steering biases equal the plan (checkpoint dtype)",
+        not [n for n in wrong if n in steered],
+        f"{len(steered)} tensors",
+    )
+    yield _check(
+        "other biases zero",
+        not [n for n in wrong if n not in steered],
+        f"{len(expected) - len(steered)} tensors",
+    )
+
+
 def _ablation_bias_checks(
     baked: Checkpoint, steering: Steering, lay: AblationLayout
 ) -> Iterator[Check]:
@@ -177,22 +185,7 @@ def _ablation_bias_checks(
     with ExitStack() as stack:
         b = MappedShards(baked.headers, stack)
         steered = {baked.spec.down_proj_name(layer, "bias") for layer in steering.added}
-        wrong = [
-            n
-            for n, (tag, _, raw) in lay.biases.items()
-            if baked.tensors[n].dtype != tag or bytes(b.raw(n)) != raw
-        ]
-        yield _finite_check({n: _values(b.raw(n), baked.tensors[n].dtype) for n in steered})
-        yield _check(
-            "steering biases equal the plan (checkpoint dtype)",
-            not [n for n in wrong if n in steered],
-            f"{len(steered)} tensors",
-        )
-        yield _check(
-            "other biases zero",
-            not [n for n in wrong if n not in steered],
-            f"{len(lay.biases) - len(steered)} tensors",
-        )
+        yield from _bias_checks(baked, b, lay.biases, steered)
 
 
 def _values(raw: memoryview, tag: str) -> Any:
