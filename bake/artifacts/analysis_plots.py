@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bake.artifacts.plotting import pyplot
+from bake.artifacts.plotting import pyplot, save_figure
 
 if TYPE_CHECKING:
     from bake.artifacts.analysis import AnalysisReport
@@ -43,10 +43,7 @@ def _layers(plt: Any, r: AnalysisReport, folder: Path) -> str:
     ax.set_ylim(-0.05, 1.05)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(folder / "layers.png", dpi=110)
-    plt.close(fig)
-    return "layers.png"
+    return save_figure(plt, fig, folder, "layers.png")
 
 
 def _dimensionality(plt: Any, r: AnalysisReport, folder: Path) -> str:
@@ -71,10 +68,7 @@ def _dimensionality(plt: Any, r: AnalysisReport, folder: Path) -> str:
     right.set_xlabel("layer")
     right.set_ylabel("top 8 eigenvalues, Sigma_C^-1/2 S_R Sigma_C^-1/2")
     right.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(folder / "dimensionality.png", dpi=110)
-    plt.close(fig)
-    return "dimensionality.png"
+    return save_figure(plt, fig, folder, "dimensionality.png")
 
 
 def _categories(plt: Any, r: AnalysisReport, folder: Path) -> str:

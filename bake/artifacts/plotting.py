@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 
@@ -15,3 +16,11 @@ def pyplot() -> Any:
     except ImportError:
         return None
     return plt
+
+
+def save_figure(plt: Any, fig: Any, folder: Path, name: str) -> str:
+    """Lay out, write folder/name (PNG, 110 dpi) and close `fig`; returns `name`."""
+    fig.tight_layout()
+    fig.savefig(Path(folder) / name, dpi=110)
+    plt.close(fig)
+    return name

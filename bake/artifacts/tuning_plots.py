@@ -11,10 +11,16 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bake.artifacts.plotting import pyplot
+from bake.artifacts.plotting import pyplot, save_figure
 
 if TYPE_CHECKING:
-    from bake.artifacts.tuning import TuneResult
+    from bake.artifacts.tuning import Proxy, TuneResult, TuneSettings
+
+
+def _xy(proxies: list[Proxy], s: TuneSettings) -> tuple[list[float], list[float]]:
+    """Stage-1 proxies as (primary refusal, guard refusal) coordinates (NaN where absent)."""
+    xs = [p.refusal.get(s.primary, math.nan) for p in proxies]
+    return xs, [p.refusal.get(s.guard, math.nan) for p in proxies]
 
 
 def plot_front(result: TuneResult, folder: Path) -> str | None:
@@ -26,15 +32,13 @@ def plot_front(result: TuneResult, folder: Path) -> str | None:
     for option in dict.fromkeys(p.candidate.option for p in result.stage1):
         ok = [p for p in result.stage1 if p.candidate.option == option and p.kl <= s.kl_max]
         ax.scatter(
-            [p.refusal.get(s.primary, math.nan) for p in ok],
-            [p.refusal.get(s.guard, math.nan) for p in ok],
+            *_xy(ok, s),
             s=14,
             label=f"{option} (KL <= {s.kl_max:g})",
         )
     over = [p for p in result.stage1 if not p.kl <= s.kl_max]
     ax.scatter(
-        [p.refusal.get(s.primary, math.nan) for p in over],
-        [p.refusal.get(s.guard, math.nan) for p in over],
+        *_xy(over, s),
         s=10,
         c="0.8",
         label="KL above the bound",
@@ -42,8 +46,7 @@ def plot_front(result: TuneResult, folder: Path) -> str | None:
     by_candidate = {p.candidate: p for p in result.stage1}
     picked = [by_candidate[c.candidate] for c in result.stage2 if c.candidate in by_candidate]
     ax.scatter(
-        [p.refusal.get(s.primary, math.nan) for p in picked],
-        [p.refusal.get(s.guard, math.nan) for p in picked],
+        *_xy(picked, s),
         s=80,
         facecolors="none",
         edgecolors="k",
@@ -52,8 +55,7 @@ def plot_front(result: TuneResult, folder: Path) -> str | None:
     if result.best is not None and result.best.candidate in by_candidate:
         b = by_candidate[result.best.candidate]
         ax.scatter(
-            [b.refusal.get(s.primary, math.nan)],
-            [b.refusal.get(s.guard, math.nan)],
+            *_xy([b], s),
             marker="*",
             s=220,
             c="red",
@@ -72,10 +74,7 @@ def plot_front(result: TuneResult, folder: Path) -> str | None:
     ax.set_ylabel(f"proxy refusal, {s.guard}")
     ax.set_title("Stage 1: candidates and front")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(folder / "front.png", dpi=110)
-    plt.close(fig)
-    return "front.png"
+    return save_figure(plt, fig, folder, "front.png")
 
 
 def plot_agreement(result: TuneResult, folder: Path) -> str | None:
@@ -97,7 +96,4 @@ def plot_agreement(result: TuneResult, folder: Path) -> str | None:
     ax.set_ylabel("stage 2 judged refusal rate")
     ax.set_title("Proxy vs judge, confirmed configurations")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(folder / "proxy_vs_judge.png", dpi=110)
-    plt.close(fig)
-    return "proxy_vs_judge.png"
+    return save_figure(plt, fig, folder, "proxy_vs_judge.png")
