@@ -20,7 +20,9 @@ from bake.options import opt
 
 GOALS = ("remove", "selective", "induce")
 VECTOR_OPTIONS = ("file", "over", "projected", "pooled", "combined")
-TUNE_KINDS = ("add", "ablate")
+TUNE_KINDS = ("add", "ablate", "both")
+BOTH_STRENGTH = 1.0  # kind both: the writers lose u_l entirely, then alpha v_l is added
+KIND_NOTES = {"add": "", "ablate": " (ablate: strength)", "both": " (ablated, then alpha)"}
 # --goal selective searches every option: on Qwen2.5-Coder-0.5B no option was more selective
 # than another on the tuning sets (README, "Real models"), so stage 2 judges them per model.
 SELECTIVE_OPTIONS = VECTOR_OPTIONS
@@ -108,7 +110,8 @@ class TuneSettings:
     kinds: tuple[str, ...] = opt(
         ("add",),
         "Interventions to search: add (alpha x vector), ablate (remove the direction from "
-        "the residual writers, strength 0.25 to 1.5; README), or add,ablate for the two.",
+        "the residual writers, strength 0.25 to 1.5), both (remove it, strength 1, then add "
+        "alpha x vector; README), or several, e.g. add,ablate.",
         parse=parse_kinds,
     )
     min_effect: float = 0.10  # a plan must move, net, this share of the target set
@@ -121,7 +124,7 @@ class TuneSettings:
             raise InputError("--stage1 and --confirm must be at least 1")
         if self.goal == "induce" and set(self.options()) != {"file"}:
             raise InputError("--goal induce searches the VECTORS file only (--vector-options file)")
-        if self.goal == "induce" and "ablate" in self.kinds:
+        if self.goal == "induce" and set(self.kinds) != {"add"}:
             raise InputError("--goal induce adds refusal; ablation removes it (--kinds add)")
         if not (self.kl_max > 0 and self.refine >= 0):
             raise InputError("--kl-max must be positive")
@@ -156,7 +159,8 @@ class Candidate:
     alpha: float  # kind ablate: the strength a (1 = full removal of the direction)
     profile: str = "flat"
     multipliers: tuple[tuple[int, float], ...] = ()
-    kind: str = "add"  # add: h += alpha m_l s_l u_l; ablate: writers' outputs y -= a u_l u_l' y
+    kind: str = "add"  # add: h += alpha m_l s_l u_l; ablate: writers' outputs y -= a u_l u_l' y;
+    # both: y -= u_l u_l' y (BOTH_STRENGTH), then h += alpha m_l s_l u_l
 
     def label(self) -> str:
         strength = "strength " if self.kind == "ablate" else ""
@@ -195,6 +199,16 @@ class Proxy:
     kl: float  # benign KL at the first answer position
     drift: float  # benign KL along the first answer tokens (bake.runtime.proxy.kl_along)
     per_prompt: dict[str, list[float]] = field(default_factory=dict)
+
+    def predicted_rate(self, name: str, greedy: bool) -> float:
+        """The refusal rate the proxy predicts for a set: greedy decoding opens with a
+        refusal exactly where sigmoid(margin) > 1/2, so the share of such prompts (a mean
+        of sigmoids falls as margins shrink while every answer still refuses); sampling:
+        the mean opening probability."""
+        values = self.per_prompt.get(name)
+        if not greedy or not values:
+            return self.refusal[name]
+        return sum(v > 0.5 for v in values) / len(values)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -373,8 +387,7 @@ def render_table(result: TuneResult) -> str:
         broken = sum(c.broken.values())
         layers = ",".join(map(str, c.candidate.layers))
         ok = "yes" if c.feasible else f"no: {c.reason}"
-        option = c.candidate.option
-        option = option if c.candidate.kind == "add" else f"{option} (ablate: strength)"
+        option = c.candidate.option + KIND_NOTES[c.candidate.kind]
         lines.append(
             f"| {option} | {layers} | {c.candidate.profile} | "
             f"{c.candidate.alpha:+.4g} | {rates} | {broken} | {c.kl:.4f} | {ok}{mark} |"

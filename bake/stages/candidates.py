@@ -6,7 +6,8 @@ profiles, and the ladders of alpha (or ablation strength) each is walked along, 
   profiles: flat (m_l = 1) or ranked (m_l from 1 at the best-ranked layer down to
       RANKED_FLOOR at the last);
   ladder: ALPHA_START, then the alphas a power law through the last two (alpha, KL) points
-      predicts for each share of --kl-max in KL_TARGETS, then x CLIMB_GROWTH until the
+      predicts for the first share of --kl-max in KL_TARGETS not yet reached (a step the
+      MAX_STEP cap cut short aims at the same share again), then x CLIMB_GROWTH until the
       proxy KL crosses the bound, then bisected `refine` times.
 """
 
@@ -23,7 +24,8 @@ from bake.model.arch import ArchSpec
 
 ALPHA_START, ALPHA_LIMIT = 0.004, 4.0  # the default ladder's first and largest magnitude
 KL_TARGETS = (0.25, 1.0)  # after the first step: alphas predicted to put the KL at these
-CLIMB_GROWTH = math.sqrt(2)  # ... shares of the bound, then this step until it is crossed
+REACHED = 0.5  # ... shares of the bound (a share counts as reached from REACHED x it on),
+CLIMB_GROWTH = math.sqrt(2)  # ... then this step until the bound is crossed
 MIN_STEP, MAX_STEP = 1.2, 64.0  # bounds on one predicted step (factor on alpha)
 ABLATION_STRENGTHS = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5)  # kind ablate: a in y -= a u u' y
 BAND_WIDTHS = (3, 5, 9)
@@ -94,8 +96,8 @@ def ladder(
     """Stage 1 along one ladder of alpha magnitudes, stopping where the proxy KL crosses
     the bound, then bisecting that last step `refine` times (the front's best points sit
     just below it). Default ladder: ALPHA_START, then the alphas predicted to put the KL at
-    each share of the bound in KL_TARGETS (`predict_alpha`), then x sqrt(2) up to
-    ALPHA_LIMIT; given --alphas: those, ascending. Kind ablate: the strengths
+    the first share of the bound in KL_TARGETS it has not reached (`predict_alpha`), then
+    x sqrt(2) up to ALPHA_LIMIT; given --alphas: those, ascending. Kind ablate: the strengths
     ABLATION_STRENGTHS, ascending."""
     sign = 1.0 if s.goal == "induce" or kind == "ablate" else -1.0
 
@@ -105,7 +107,6 @@ def ladder(
 
     values = ABLATION_STRENGTHS if kind == "ablate" else s.alphas
     given = iter(sorted(values)) if values else None
-    targets = iter(KL_TARGETS)
     seen: list[tuple[float, float]] = []  # (alpha magnitude, proxy KL)
     ok, bad = 0.0, math.nan
     a: float | None = next(given) if given else ALPHA_START
@@ -120,7 +121,7 @@ def ladder(
         if given is not None:
             a = next(given, None)
             continue
-        share = next(targets, None)
+        share = next((t for t in KL_TARGETS if p.kl < REACHED * t * s.kl_max), None)
         a = predict_alpha(seen, share * s.kl_max) if share else a * CLIMB_GROWTH
         a = a if a <= ALPHA_LIMIT else None
     if math.isnan(bad) or ok == 0:

@@ -103,6 +103,12 @@ class Search:
     def proxy_baseline(self) -> dict[str, float]:
         return score(self.rows, KL_SET, None, self.model, self.measure).refusal
 
+    def predicted_baseline(self) -> dict[str, float]:
+        """Per proxy set, the unsteered refusal rate the proxy predicts (Proxy.predicted_rate)."""
+        got = score(self.rows, KL_SET, None, self.model, self.measure)
+        unsteered = Proxy(Candidate("file", (), 0.0), got.refusal, 0.0, 0.0, got.per_prompt)
+        return {n: unsteered.predicted_rate(n, self.m.sampling.greedy) for n in got.refusal}
+
     def opening_texts(self) -> dict[str, list[str]]:
         return {n: [str(self.tok.decode(list(o))) for o in ops] for n, ops in self.openings.items()}
 

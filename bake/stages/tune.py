@@ -16,10 +16,12 @@ along each ladder, so the bound is found in a few steps and no candidate is spen
 beyond it.)
 
 Stage 2 generates and judges the tuning sets for --confirm configurations: first the best
-by the proxy guard rule and points spread along the guard axis among the candidates that
-moved the primary proxy (first_picks), then one at a time by bisecting the judged
-boundary in drift and guard proxy (next_pick). The plan is the best confirmed
-configuration that keeps the guards:
+by the predicted guard rate and points spread along the guard axis among the candidates that
+moved the primary proxy (first_picks); then one at a time, the best midpoint in alpha of a
+ladder's judged bracket (midpoints, bisect_pick: scored by the proxy first), or, with no
+bracket left, bisecting the judged boundary in drift and guard proxy among the candidates
+that moved the primary proxy at least MIN_PROGRESS of its room (next_pick). The plan is
+the best confirmed configuration that keeps the guards:
   remove, selective: lowest sensitive refusal with harmful refusal >= unsteered -
       --harmful-tolerance, benign refusal <= unsteered + --benign-tolerance, benign KL
       <= --kl-max, and no set with more new broken (looping, corrupted) answers than
@@ -36,13 +38,14 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from bake.artifacts.prompts import Prompt
 from bake.artifacts.steering import Steering
 from bake.artifacts.tuning import (
+    BOTH_STRENGTH,
     Candidate,
     Confirmed,
     Proxy,
@@ -60,7 +63,9 @@ from bake.stages.measure import Measurer
 from bake.stages.search import Search
 from bake.stats import auc, mcnemar_one_sided, spearman
 
-PROGRESS_FLOORS = (0.5, 0.25, -math.inf)  # moved()'s thresholds on `progress`
+PROGRESS_FLOORS = (0.5, 0.25, -math.inf)  # moved()'s thresholds on primary_progress
+MIN_PROGRESS = 0.1  # stage 2's bisection skips candidates that moved the primary proxy less
+MIN_BRACKET = 0.1  # a ladder's judged bracket is halved while wider than this share of alpha
 GUARD_REASON = {
     "remove": "harmful refusal dropped",
     "selective": "harmful refusal dropped",
@@ -121,17 +126,20 @@ def _dominated(a: tuple[float, float], points: list[tuple[float, float]]) -> boo
     return any(b[0] <= a[0] and b[1] <= a[1] and b != a for b in points)
 
 
-def guard_kept(p: Proxy, base: dict[str, float], judged: dict[str, float], s: TuneSettings) -> bool:
-    """The judged tolerance carried to the proxy: remove/selective keep the guard's proxy
-    above base - tolerance x (proxy / judged rate) of the unsteered model; induce keeps the
-    benign proxy below base + tolerance."""
+def guard_kept(
+    p: Proxy, base: dict[str, float], judged: dict[str, float], s: TuneSettings, greedy: bool
+) -> bool:
+    """The judged tolerance carried to the guard's predicted rate (Proxy.predicted_rate;
+    base: the unsteered one): remove/selective keep it above base - tolerance x (base /
+    judged rate); induce keeps the benign one below base + tolerance."""
+    guard = p.predicted_rate(s.guard, greedy)
     if s.goal == "induce":
-        return p.refusal[s.guard] <= base[s.guard] + s.benign_tolerance
+        return guard <= base[s.guard] + s.benign_tolerance
     ratio = base[s.guard] / judged[s.guard] if judged[s.guard] > 0 else 1.0
-    return p.refusal[s.guard] >= base[s.guard] - s.harmful_tolerance * ratio
+    return guard >= base[s.guard] - s.harmful_tolerance * ratio
 
 
-def progress(p: Proxy, base: dict[str, float], s: TuneSettings) -> float:
+def primary_progress(p: Proxy, base: dict[str, float], s: TuneSettings) -> float:
     """How far the primary proxy moved toward the goal, as a share of the room it had:
     remove 1 - primary / base; induce (primary - base) / (1 - base)."""
     now, before = p.refusal[s.primary], base[s.primary]
@@ -145,20 +153,25 @@ def moved(proxies: list[Proxy], base: dict[str, float], s: TuneSettings) -> list
     room (a quarter, or any, when fewer than --confirm did), front 1 first."""
     flat = [p for front in fronts(proxies, s) for p in front]
     for floor in PROGRESS_FLOORS:
-        found = [p for p in flat if progress(p, base, s) >= floor]
+        found = [p for p in flat if primary_progress(p, base, s) >= floor]
         if len(found) >= s.confirm:
             break
     return found
 
 
 def first_picks(
-    pool: list[Proxy], base: dict[str, float], judged: dict[str, float], s: TuneSettings
+    pool: list[Proxy],
+    base: dict[str, float],
+    judged: dict[str, float],
+    s: TuneSettings,
+    greedy: bool = False,
 ) -> list[Proxy]:
-    """Stage 2's first half: the best by the primary proxy among those that keep the proxy
-    guard (guard_kept), then points spread evenly along the guard proxy, so the judge sees
-    the whole trade-off between moving the primary set and keeping the guard."""
+    """Stage 2's first half: the best by the primary proxy among those that keep the
+    predicted guard (guard_kept; base: the unsteered predicted rates), then points spread
+    evenly along the guard proxy, so the judge sees the whole trade-off between moving the
+    primary set and keeping the guard."""
     n = max(1, (s.confirm + 1) // 2)
-    kept = [p for p in pool if guard_kept(p, base, judged, s)]
+    kept = [p for p in pool if guard_kept(p, base, judged, s, greedy)]
     picks = sorted(kept, key=lambda p: objectives(p, s))[:1]
     rest = sorted((p for p in pool if p not in picks), key=lambda p: objectives(p, s)[1])
     want = min(n - len(picks), len(rest))
@@ -202,6 +215,54 @@ def next_pick(
         return inside[(len(inside) - 1) // 2]
     below = [p for p in left if p.drift < drift_fail and objectives(p, s)[1] < guard_fail]
     return min(below, key=lambda p: (*objectives(p, s), p.drift), default=None)
+
+
+def midpoints(done: list[tuple[Proxy, Confirmed]], s: TuneSettings) -> list[Candidate]:
+    """Per ladder (option, layers, profile, kind) with a confirmed configuration that failed
+    and whose judged primary rate beats every feasible one: the alpha (strength) halfway
+    between the failure and the largest feasible magnitude below it on that ladder (0, the
+    unsteered model, without one), while that bracket is wider than MIN_BRACKET of it.
+    Judged outcomes can turn over a narrow band of alpha that stage 1's steps jump across."""
+    sign = -1 if s.goal == "induce" else 1
+    confirmed = [c for _, c in done]
+    best = min((sign * c.refusal[s.primary] for c in confirmed if c.feasible), default=math.inf)
+    out = []
+    for failed in confirmed:
+        if failed.feasible or not sign * failed.refusal[s.primary] < best:
+            continue
+        rung, hi = failed.candidate, abs(failed.candidate.alpha)
+        below = [
+            c
+            for c in confirmed
+            if _ladder(c.candidate) == _ladder(rung) and abs(c.candidate.alpha) < hi
+        ]
+        closest = max(below, key=lambda c: abs(c.candidate.alpha), default=None)
+        if closest is not None and not closest.feasible:
+            continue  # a closer failure on this ladder brackets it
+        lo = abs(closest.candidate.alpha) if closest is not None else 0.0
+        if hi - lo > MIN_BRACKET * hi:
+            out.append(replace(rung, alpha=math.copysign(round((lo + hi) / 2, 6), rung.alpha)))
+    tried = {c.candidate for c in confirmed}
+    return list(dict.fromkeys(c for c in out if c not in tried))
+
+
+def _ladder(c: Candidate) -> tuple[Any, ...]:
+    """What a stage-1 ladder holds fixed while alpha (strength) moves."""
+    return (c.option, c.layers, c.profile, c.multipliers, c.kind)
+
+
+def bisect_pick(
+    mids: list[Proxy],
+    base: dict[str, float],
+    judged: dict[str, float],
+    s: TuneSettings,
+    greedy: bool,
+) -> Proxy | None:
+    """Of the midpoints' proxies under the KL bound, the best by the primary proxy, those
+    that keep the predicted guard first."""
+    under = [p for p in mids if p.kl <= s.kl_max]
+    kept = [p for p in under if guard_kept(p, base, judged, s, greedy)]
+    return min(kept or under, key=lambda p: objectives(p, s), default=None)
 
 
 def choose(confirmed: list[Confirmed], s: TuneSettings) -> Confirmed | None:
@@ -308,10 +369,20 @@ def candidate_steering(
     steerings: dict[str, Steering], c: Candidate, provenance: dict[str, Any] | None = None
 ) -> Steering:
     """The candidate as a Steering over its option's vectors: alpha and profile (add), or
-    the strength along u_l at every chosen block (ablate)."""
+    the strength along u_l at every chosen block (ablate), or u_l removed at BOTH_STRENGTH
+    and alpha added (both)."""
     base = steerings[c.option]
     if c.kind == "ablate":
         return base.with_ablation(list(c.layers), c.alpha, provenance=provenance)
+    if c.kind == "both":
+        multipliers = dict(c.multipliers)
+        return base.with_ablation(
+            list(c.layers),
+            BOTH_STRENGTH,
+            alpha=c.alpha,
+            multipliers=multipliers,
+            provenance=provenance,
+        )
     return base.with_config(list(c.layers), c.alpha, dict(c.multipliers), provenance)
 
 
@@ -354,20 +425,32 @@ def run_search(
         for layers in layer_sets(ranked, s.layer_counts)
         for option in steerings
         for kind in s.kinds
-        for name, mult in (profiles(layers, ranked) if kind == "add" else [("flat", ())])
+        for name, mult in (profiles(layers, ranked) if kind != "ablate" else [("flat", ())])
     ]
     with tqdm(total=s.stage1, desc="tune stage 1", unit="candidate", disable=not progress) as bar:
         for p in round_robin(ladders, s.stage1):
             result.stage1.append(p)
             bar.update(1)
     clock.lap("stage 1")
-    under_bound = [p for p in result.stage1 if p.kl <= s.kl_max]
+    under_bound = [
+        p
+        for p in result.stage1
+        if p.kl <= s.kl_max and primary_progress(p, proxy0, s) >= MIN_PROGRESS
+    ]
     pool = moved(result.stage1, proxy0, s)
     done: list[tuple[Proxy, Confirmed]] = []
-    picks = first_picks(pool, proxy0, search.baseline, s)
+    greedy, predicted0 = search.m.sampling.greedy, search.predicted_baseline()
+    picks = first_picks(pool, predicted0, search.baseline, s, greedy)
+
+    def refined() -> Proxy | None:
+        mids = [measure(c) for c in midpoints(done, s)]
+        result.stage1 += [p for p in mids if p not in result.stage1]
+        pick = bisect_pick(mids, predicted0, search.baseline, s, greedy)
+        return pick or next_pick(under_bound, done, s)
+
     with tqdm(total=s.confirm, desc="tune stage 2", unit="config", disable=not progress) as bar:
         while len(done) < s.confirm:
-            pick = picks.pop(0) if picks else next_pick(under_bound, done, s)
+            pick = picks.pop(0) if picks else refined()
             if pick is None:
                 break
             c = pick.candidate

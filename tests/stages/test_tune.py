@@ -33,9 +33,11 @@ from bake.stages.candidates import (
 )
 from bake.stages.tune import (
     agreement,
+    bisect_pick,
     choose,
     first_picks,
     fronts,
+    midpoints,
     next_pick,
     significance,
 )
@@ -122,6 +124,19 @@ def test_default_ladder_predicts_then_climbs_then_bisects(power: float) -> None:
     assert len(alphas) == 4 + s.refine
 
 
+def test_a_step_the_cap_cut_short_aims_at_the_same_share_again() -> None:
+    """KL = 0.1 (a / 2)^2: the capped first step (x64, to 0.256) lands at 0.0016, far below a
+    quarter of the bound, so the next step aims at the quarter again (a = 1) before the
+    bound (a = 2)."""
+    seen, measure = _fake_measure(kl_at=2.0)
+    kls = [p.kl for p in ladder(measure, "file", (3,), "flat", (), TuneSettings(refine=0))]
+    alphas = [-c.alpha for c in seen]
+    assert alphas[:2] == [0.004, 0.256] and kls[1] < 0.0125
+    assert math.isclose(alphas[2], 1.0, rel_tol=1e-4), alphas
+    assert math.isclose(alphas[3], 2.0, rel_tol=1e-4), alphas
+    assert kls[-1] > 0.1 and math.isclose(alphas[-1] / alphas[-2], math.sqrt(2), rel_tol=1e-4)
+
+
 def test_ablation_ladder_climbs_the_strengths_until_the_bound() -> None:
     seen, measure = _fake_measure(kl_at=0.9)
     list(ladder(measure, "file", (3,), "flat", (), TuneSettings(refine=1), "ablate"))
@@ -191,6 +206,50 @@ def test_next_pick_bisects_the_judged_boundary() -> None:
     lost = [_confirmed(_p(0.1, 0.5), False, "harmful refusal dropped")]
     guarded = [_p(0.05, 0.4), _p(0.2, 0.7)]
     assert next_pick(guarded, lost, s) is guarded[1], "a worse guard proxy is predicted to fail"
+
+
+def _judged(c: Candidate, sensitive: float, ok: bool) -> tuple[Proxy, Confirmed]:
+    rates = {"sensitive": sensitive, "harmful": 1.0, "benign": 0.0}
+    reason = "" if ok else "broken answers on sensitive"
+    return Proxy(c, {}, 0.01, 0.01), Confirmed(c, rates, 0.01, {}, {}, {}, ok, reason)
+
+
+def test_midpoints_bisect_a_ladder_between_its_judged_pass_and_failure() -> None:
+    """Stage 2 halves alpha on a ladder whose judged failure beats every feasible rate:
+    from 0 (unsteered) first, then from the largest feasible alpha below the failure."""
+    s = TuneSettings()
+    four, band = Candidate("file", (4,), -0.96), Candidate("file", (1, 2, 3, 4), -0.24)
+    done = [_judged(four, 0.19, False), _judged(Candidate("file", (2,), -0.1), 0.38, True)]
+    assert midpoints(done, s) == [Candidate("file", (4,), -0.48)]
+    stronger = [*done, _judged(Candidate("file", (4,), -1.6), 0.1, False)]
+    assert midpoints(stronger, s) == [Candidate("file", (4,), -0.48)], "-0.96 brackets -1.6"
+    done.append(_judged(Candidate("file", (4,), -0.48), 0.75, True))
+    assert midpoints(done, s) == [Candidate("file", (4,), -0.72)], "from the feasible -0.48"
+    done.append(_judged(Candidate("file", (4,), -0.72), 0.09, True))
+    assert midpoints(done, s) == [], "no failure beats the best feasible 9% any more"
+    done.append(_judged(band, 0.05, False))
+    got = midpoints(done, s)
+    assert got == [Candidate("file", (1, 2, 3, 4), -0.12)], "another ladder, from 0"
+    narrow = [_judged(Candidate("file", (4,), -1.0), 0.1, False)]
+    narrow.append(_judged(Candidate("file", (4,), -0.95), 0.5, True))
+    assert midpoints(narrow, s) == [], "a bracket under MIN_BRACKET of alpha is done"
+    strength = [_judged(Candidate("file", (4,), 1.2, kind="ablate"), 0.1, False)]
+    assert midpoints(strength, s) == [Candidate("file", (4,), 0.6, kind="ablate")]
+
+
+def test_bisect_pick_prefers_the_predicted_guard_then_the_primary() -> None:
+    s, base, judged = TuneSettings(), {"sensitive": 1.0, "harmful": 1.0}, {"harmful": 1.0}
+    kept = Proxy(Candidate("file", (4,), -0.5), {"sensitive": 0.4, "harmful": 0.7}, 0.01, 0.0)
+    kept.per_prompt = {"harmful": [0.6] * 10}  # a shrinking margin: every answer still refuses
+    lost = Proxy(Candidate("file", (3,), -0.5), {"sensitive": 0.1, "harmful": 0.8}, 0.01, 0.0)
+    lost.per_prompt = {"harmful": [0.9] * 5 + [0.3] * 5}
+    over = Proxy(Candidate("file", (2,), -0.5), {"sensitive": 0.0, "harmful": 1.0}, 0.5, 0.0)
+    assert kept.predicted_rate("harmful", greedy=True) == 1.0
+    assert lost.predicted_rate("harmful", greedy=True) == 0.5
+    assert lost.predicted_rate("harmful", greedy=False) == 0.8, "sampling: the mean"
+    assert bisect_pick([kept, lost, over], base, judged, s, greedy=True) is kept
+    assert bisect_pick([lost, over], base, judged, s, greedy=True) is lost
+    assert bisect_pick([over], base, judged, s, greedy=True) is None, "over the KL bound"
 
 
 def test_choose_remove_and_induce() -> None:

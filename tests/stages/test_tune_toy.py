@@ -38,8 +38,8 @@ def noise_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]
         "tune", str(model_dir()), str(work / "noise.safetensors"),
         *[a for k, p in sets.items() for a in (f"--{k}", str(p))],
         "--lexicon", str(lexicon_path()), "--alphas", "0.0005,0.001",
-        "--layer-counts", "1", "--stage1", "8", "--confirm", "2",
-        "--vector-options", "file,projected", "--kinds", "add,ablate",
+        "--layer-counts", "1", "--stage1", "9", "--confirm", "2",
+        "--vector-options", "file,projected", "--kinds", "add,ablate,both",
         "--max-new-tokens", "16", "--threads", "1", "-o", str(work / "plan.json"),
     ]  # fmt: skip
     return work, args
@@ -62,6 +62,8 @@ def test_noise_gives_no_plan_with_one_line(noise_run: tuple[Path, list[str]]) ->
     assert len(adds) == 2, "one layer, one profile, two alphas"
     assert ablations and all(c["alpha"] > 0 for c in ablations), "strengths, ascending"
     assert [c["alpha"] for c in ablations] == sorted(c["alpha"] for c in ablations)
+    both = [c for c in data["stage1"] if c.get("kind") == "both"]
+    assert both and all(c["alpha"] < 0 for c in both), "ablated, then alpha of the goal's sign"
     skipped = data["vector_options"]["projected"]
     assert "fewer than 2 tuning prompts in answered sensitive" in skipped, skipped
     assert 1 <= len(data["stage2"]) <= 2
