@@ -10,10 +10,13 @@ embedding, one direction, strength 1: Arditi et al.'s setting):
   copy   steerbake bake: shards holding changed tensors rewritten, the others copied
   link   steerbake bake --link: the rewritten shards written, the others symlinked
   naive  transformers from_pretrained -> W <- (I - r r^T) W in float32 -> save_pretrained
-Writes wall time and peak RSS (VmHWM of that process) to a JSON file and prints them.
-Every timed step starts after `sync`, so no step pays for the previous one's writeback;
-`cp -r` of the same folder, and `cp` of just the shards an ablation rewrites, are timed the
-same way as the disk's yardstick.
+Writes wall time, CPU time (user + system, every thread), peak RSS (VmHWM of that process)
+and the 1-minute load average when it ended to a JSON file and prints them. On a shared
+machine the wall time follows the load; the CPU time much less. Every timed step starts
+after `sync`, so no step pays for the previous one's writeback; `cp -r` of the same folder,
+and `cp` of just the shards an ablation rewrites, are timed the same way as the disk's
+yardstick (`cp` writes into the page cache; the bake writes with O_DIRECT and hashes every
+byte it writes for SHA256SUMS, about 1.2 GB/s on one core of the 2-core test machine).
 
     .venv/bin/python scripts/bench_bake.py --workdir /tmp/bench-bake --out bench-out/bake.json
     .venv/bin/python scripts/bench_bake.py --parts ablation --sizes 1.1B \
@@ -142,10 +145,14 @@ def make_plan(model: Path, folder: Path, layers: int, d: int) -> Path:
 # Each child imports first, then times only the work, and prints JSON on its last line.
 # Peak RSS is the child's own VmHWM: ru_maxrss would carry the parent's peak across exec.
 PEAK = """
+import resource
 def peak_rss_mb():
     for line in open("/proc/self/status"):
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
+def cpu_seconds():  # user + system time of every thread of this process
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 """
 CHILD_OURS = (
     PEAK
@@ -153,10 +160,10 @@ CHILD_OURS = (
 import json, sys, time
 from bake.artifacts.steering import open_steering
 from bake.stages.bake import run_bake
-t = time.perf_counter()
+t, cpu = time.perf_counter(), cpu_seconds()
 steering = open_steering(sys.argv[1], sys.argv[2])
 run_bake(steering, sys.argv[3], link=sys.argv[4] == "link")
-print(json.dumps({"seconds": time.perf_counter() - t,
+print(json.dumps({"seconds": time.perf_counter() - t, "cpu_seconds": cpu_seconds() - cpu,
                   "peak_rss_mb": peak_rss_mb()}))
 """
 )
@@ -167,7 +174,7 @@ import json, sys, time
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 from bake.artifacts.plan import Plan
-t = time.perf_counter()
+t, cpu = time.perf_counter(), cpu_seconds()
 plan = Plan.load(sys.argv[2])
 from bake.artifacts.steering import open_plan_only
 cfg = AutoConfig.from_pretrained(sys.argv[1]); cfg.mlp_bias = True
@@ -179,7 +186,7 @@ with torch.no_grad():
     for layer, v in open_plan_only(plan).added.items():
         model.model.layers[layer].mlp.down_proj.bias.copy_(torch.from_numpy(v))
 model.save_pretrained(sys.argv[3])
-print(json.dumps({"seconds": time.perf_counter() - t,
+print(json.dumps({"seconds": time.perf_counter() - t, "cpu_seconds": cpu_seconds() - cpu,
                   "peak_rss_mb": peak_rss_mb()}))
 """
 )
@@ -191,7 +198,7 @@ CHILD_NAIVE_ABLATE = (
 import json, sys, time
 import torch
 from transformers import AutoModelForCausalLM
-t = time.perf_counter()
+t, cpu = time.perf_counter(), cpu_seconds()
 from bake.artifacts.steering import open_plan_only
 steering = open_plan_only(sys.argv[2])
 model = AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.bfloat16)
@@ -209,7 +216,7 @@ with torch.no_grad():
         w = emb.float()  # (vocab, d)
         emb.copy_(w - e.strength * torch.outer(w @ r, r))
 model.save_pretrained(sys.argv[3])
-print(json.dumps({"seconds": time.perf_counter() - t,
+print(json.dumps({"seconds": time.perf_counter() - t, "cpu_seconds": cpu_seconds() - cpu,
                   "peak_rss_mb": peak_rss_mb()}))
 """
 )
@@ -220,7 +227,8 @@ def run_child(code: str, *args: str) -> dict:
     proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"benchmark child failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result | {"load_average": os.getloadavg()[0]}  # others' work on a shared machine
 
 
 def time_cp(src: Path, dst: Path) -> float:

@@ -13,14 +13,18 @@ the embedding's shard), or the head would change too. In `both`, the down_proj b
 v_l / r are added as the bias route adds them (one new shard, `mlp_bias: true`).
 
 Memory stays flat in model size: tensors stream through chunks of rows, shards are mapped
-and each range read is released again (MADV_DONTNEED), and the output is written through a
-StreamWriter that hashes it for SHA256SUMS as it goes.
+and each range read is released again (MADV_DONTNEED), unchanged bytes are read into the
+output's buffers, and the output is written through a StreamWriter that hashes it for
+SHA256SUMS as it goes. Shards are written side by side (up to `threads` at once: the
+carried shards as one job, each rewritten shard as one), so the hashing of one file, which
+no thread can share, overlaps the projection and hashing of another.
 """
 
 from __future__ import annotations
 
 import json
 import struct
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -194,11 +198,7 @@ def write_ablated_checkpoint(
     check_free_space(output.parent, needed + (1 << 20))
     with atomic_output_dir(output, overwrite=overwrite) as tmp, ExitStack() as stack:
         source = MappedShards(ckpt.headers, stack)
-        carried = {s: n for s, n in lay.names.items() if s not in lay.rewritten}
-        known = carry_shards(ckpt, carried, tmp, link)
-        for shard in lay.rewritten:
-            dest = tmp / lay.names[shard]
-            known[lay.names[shard]] = write_rewritten_shard(ckpt, source, shard, lay, dest, workers)
+        known = write_shards(ckpt, source, lay, tmp, link, workers)
         if lay.bias_shard:
             write_safetensors(tmp / lay.bias_shard, lay.biases)
         if ckpt.indexed or lay.biases:
@@ -218,6 +218,35 @@ def write_ablated_checkpoint(
         )
         write_sha256sums(tmp, known=known, skip_links=link)
         return file_sizes(tmp)
+
+
+def write_shards(
+    ckpt: Checkpoint,
+    source: MappedShards,
+    lay: AblationLayout,
+    dest: Path,
+    link: bool,
+    threads: int,
+) -> dict[str, str]:
+    """Every shard into `dest`: the carried ones copied (or linked) as one job, each rewritten
+    one as a job of its own, up to `threads` jobs at once, the threads left over computing
+    projections inside each. Returns output name -> SHA-256 (hex) of the files written."""
+    carried = {s: n for s, n in lay.names.items() if s not in lay.rewritten}
+    copies = bool(carried) and not link  # links take no time: no thread of their own
+    side_by_side = max(1, min(threads, len(lay.rewritten) + copies))
+    workers = max(1, threads // side_by_side)
+
+    def rewrite(shard: str) -> dict[str, str]:
+        name = lay.names[shard]
+        return {name: write_rewritten_shard(ckpt, source, shard, lay, dest / name, workers)}
+
+    pool = ThreadPoolExecutor(side_by_side, thread_name_prefix="steerbake-shard")
+    try:
+        jobs = [pool.submit(carry_shards, ckpt, carried, dest, link)]
+        jobs += [pool.submit(rewrite, shard) for shard in lay.rewritten]
+        return {name: digest for job in jobs for name, digest in job.result().items()}
+    finally:
+        pool.shutdown(cancel_futures=True)  # after an error: no shard started in vain
 
 
 def baked_config(ckpt: Checkpoint, lay: AblationLayout) -> dict[str, Any]:
@@ -329,13 +358,14 @@ def write_tensor(
 
 
 def _copy_range(source: MappedShards, shard: str, sink: StreamWriter, start: int, end: int) -> None:
-    """Bytes start:end of a mapped source shard into the sink, released as they go."""
-    mapping = source.maps[shard]
-    for a in range(start, end, COPY_BYTES):
-        b = min(end, a + COPY_BYTES)
-        with memoryview(mapping) as view:
-            sink.write(view[a:b])
-        release_pages(mapping, a, b - a)
+    """Bytes start:end of a source shard into the sink: read() into its buffers (the kernel
+    copies from the page cache, no Python lock held, nothing mapped to release)."""
+    with open(source.paths[shard], "rb", buffering=0) as f:
+        f.seek(start)
+        try:
+            sink.copy_from(f, end - start)
+        except EOFError as e:
+            raise InputError(f"{source.paths[shard]} changed while it was read ({e})") from None
 
 
 def _write_index(ckpt: Checkpoint, lay: AblationLayout, dest: Path) -> None:

@@ -104,6 +104,7 @@ class MappedShards:
 
     def __init__(self, headers: dict[str, ShardHeader], stack: ExitStack) -> None:
         self.maps: dict[str, mmap.mmap] = {}
+        self.paths = {shard: header.path for shard, header in headers.items()}
         self.where: dict[str, tuple[str, int, int]] = {}  # tensor -> (shard, begin, end)
         for shard, header in headers.items():
             f = stack.enter_context(open(header.path, "rb"))  # noqa: SIM115

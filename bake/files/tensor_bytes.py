@@ -15,23 +15,26 @@ import numpy as np
 from bake.errors import UnsupportedError
 
 
-def f32_to_bf16_bits(x: np.ndarray) -> np.ndarray:
+def f32_to_bf16_bits(
+    x: np.ndarray, out: np.ndarray | None = None, scratch: np.ndarray | None = None
+) -> np.ndarray:
     """float32 -> bfloat16 bit patterns (uint16), round to nearest even, NaN kept quiet.
 
     In uint32: u + 0x7FFF + (bit 16 of u), then the top half. No finite or infinite value
     overflows (the largest, -inf 0xFF800000, stays below 2^32); NaNs may wrap and are set
-    to 0x7FC0 afterwards."""
+    to 0x7FC0 afterwards. `out` (uint16) receives the bits and `scratch` (uint32) holds the
+    sums, both of x's shape, when given (no allocation)."""
     f32 = np.ascontiguousarray(x, dtype=np.float32)
     u = f32.view(np.uint32)
-    total = np.right_shift(u, 16)
+    total = np.right_shift(u, 16, out=scratch)
     total &= 1
     total += 0x7FFF
     total += u
     total >>= 16
-    rounded = total.astype(np.uint16)
-    nan = np.isnan(f32)
-    if nan.any():
-        rounded[nan] = 0x7FC0
+    rounded = np.empty(f32.shape, np.uint16) if out is None else out
+    np.copyto(rounded, total, casting="unsafe")
+    if f32.size and np.isnan(f32.max()):  # max is NaN iff some value is (one cheap pass)
+        rounded[np.isnan(f32)] = 0x7FC0
     return rounded
 
 

@@ -173,12 +173,14 @@ def test_chunks_equal_the_formula_for_any_worker_count(
     tag: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """writer and embedding chunks = float64 formula rounded by torch (float64 -> float32 ->
-    dtype), bitwise, with 1 or 3 workers and chunks smaller than the tensor."""
+    dtype), bitwise, with 1 or 3 workers, chunks smaller than the tensor and blocks smaller
+    than a chunk."""
     import torch
 
     from bake.artifacts import orthogonalise as ortho
 
     monkeypatch.setattr(ortho, "CHUNK_BYTES", 64 * 1024)  # several chunks per tensor
+    monkeypatch.setattr(ortho, "BLOCK_ELEMENTS", 3000)  # writer: 1 row a block; embedding: 46
     torch_dtype = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}[tag]
     rng = np.random.default_rng(0)
     w = torch.from_numpy(rng.normal(0, 0.05, (64, 3000))).to(torch_dtype)  # [out, in]
@@ -202,6 +204,25 @@ def test_chunks_equal_the_formula_for_any_worker_count(
         )
         np.testing.assert_array_equal(got_w.view(np.uint8), np.frombuffer(raw(want_w), np.uint8))
         np.testing.assert_array_equal(got_e.view(np.uint8), np.frombuffer(raw(want_e), np.uint8))
+
+
+def test_rounding_into_buffers_equals_the_allocating_path() -> None:
+    """round_bits with out and scratch buffers = without, bitwise, on the awkward values:
+    signed zeros, subnormals, ties, the largest finite values, infinities, NaN payloads."""
+    from bake.artifacts import orthogonalise as ortho
+
+    awkward = [0, 0x8000_0000, 1, 0x807F_FFFF, 0x3F80_8000, 0x3F81_8000, 0x3F80_7FFF]
+    awkward += [0x7F7F_FFFF, 0xFF7F_FFFF, 0x7F80_0000, 0xFF80_0000, 0x7F80_0001, 0xFFFF_FFFF]
+    words = np.random.default_rng(3).integers(0, 2**32, 5000, dtype=np.uint64)
+    f32 = np.concatenate([np.array(awkward, np.uint64), words]).astype(np.uint32).view("<f4")
+    with np.errstate(invalid="ignore"):  # signalling NaNs come out quiet
+        values = f32.astype(np.float64)
+    for tag, item in (("F32", np.uint32), ("F16", np.uint16), ("BF16", np.uint16)):
+        out, scratch = np.empty(values.shape, item), ortho._scratch.words(values.shape)
+        want = ortho.round_bits(values, tag)
+        got = ortho.round_bits(values, tag, out, scratch)
+        assert got is out
+        np.testing.assert_array_equal(got, want)
 
 
 # --------------------------------------------------------------------------- bake == hooks
