@@ -29,6 +29,16 @@ SELECTIVE_OPTIONS = VECTOR_OPTIONS
 PROFILES = ("flat", "ranked")
 
 
+def predicted_rate(mean: float, per_prompt: list[float] | None, greedy: bool) -> float:
+    """The refusal rate a set's proxy predicts: greedy decoding opens with a refusal exactly
+    where sigmoid(margin) > 1/2, so the share of such prompts (a mean of sigmoids falls as
+    margins shrink while every answer still refuses); sampling: the mean opening
+    probability."""
+    if not greedy or not per_prompt:
+        return mean
+    return sum(v > 0.5 for v in per_prompt) / len(per_prompt)
+
+
 def parse_ints(text: str) -> tuple[int, ...]:
     """--layer-counts: '1,4,8' -> (1, 4, 8), each 1 or more."""
     try:
@@ -201,14 +211,8 @@ class Proxy:
     per_prompt: dict[str, list[float]] = field(default_factory=dict)
 
     def predicted_rate(self, name: str, greedy: bool) -> float:
-        """The refusal rate the proxy predicts for a set: greedy decoding opens with a
-        refusal exactly where sigmoid(margin) > 1/2, so the share of such prompts (a mean
-        of sigmoids falls as margins shrink while every answer still refuses); sampling:
-        the mean opening probability."""
-        values = self.per_prompt.get(name)
-        if not greedy or not values:
-            return self.refusal[name]
-        return sum(v > 0.5 for v in values) / len(values)
+        """The refusal rate the proxy predicts for set `name` (predicted_rate)."""
+        return predicted_rate(self.refusal[name], self.per_prompt.get(name), greedy)
 
     def to_json(self) -> dict[str, Any]:
         return {

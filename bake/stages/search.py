@@ -14,7 +14,14 @@ import numpy as np
 
 from bake.artifacts.prompts import Prompt
 from bake.artifacts.steering import Steering
-from bake.artifacts.tuning import Candidate, Confirmed, Proxy, TuneCache, TuneSettings
+from bake.artifacts.tuning import (
+    Candidate,
+    Confirmed,
+    Proxy,
+    TuneCache,
+    TuneSettings,
+    predicted_rate,
+)
 from bake.runtime.hooks import hooked
 from bake.runtime.proxy import ScoredSet, kl_set, refusal_openings, score, scored_set
 from bake.stages.measure import Measurer, SetResult, measure_refusal
@@ -43,6 +50,7 @@ class Search:
         self.openings = self._openings()
         self.measure = "greedy margin" if m.sampling.greedy else "opening probability"
         self.rows = self._rows(starts)
+        self.unsteered_proxy = score(self.rows, KL_SET, None, self.model, self.measure)
 
     def _unsteered(self) -> dict[str, SetResult]:
         """The unsteered answers and judgements of every set (through the cache)."""
@@ -101,13 +109,12 @@ class Search:
         return {n: r.refusal_rate for n, r in self.unsteered.items()}
 
     def proxy_baseline(self) -> dict[str, float]:
-        return score(self.rows, KL_SET, None, self.model, self.measure).refusal
+        return self.unsteered_proxy.refusal
 
     def predicted_baseline(self) -> dict[str, float]:
-        """Per proxy set, the unsteered refusal rate the proxy predicts (Proxy.predicted_rate)."""
-        got = score(self.rows, KL_SET, None, self.model, self.measure)
-        unsteered = Proxy(Candidate("file", (), 0.0), got.refusal, 0.0, 0.0, got.per_prompt)
-        return {n: unsteered.predicted_rate(n, self.m.sampling.greedy) for n in got.refusal}
+        """Per proxy set, the unsteered refusal rate the proxy predicts (predicted_rate)."""
+        got, greedy = self.unsteered_proxy, self.m.sampling.greedy
+        return {n: predicted_rate(m, got.per_prompt[n], greedy) for n, m in got.refusal.items()}
 
     def opening_texts(self) -> dict[str, list[str]]:
         return {n: [str(self.tok.decode(list(o))) for o in ops] for n, ops in self.openings.items()}
