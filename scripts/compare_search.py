@@ -212,7 +212,7 @@ def tell(study: Any, trial: Any, proxy: Any, settings: Any) -> None:
     """Both objectives (lower is better) and the KL excess for the constraint."""
     from optuna.trial import TrialState
 
-    from bake.stages.tune import objectives
+    from bake.artifacts.tuning import objectives
 
     excess = proxy.kl - settings.kl_max  # feasible where <= 0 (TPE reads trial constraints)
     trial.set_constraint("kl", min(excess, BIG) if math.isfinite(excess) else BIG)
@@ -276,7 +276,7 @@ def reference_point(bench: Bench) -> tuple[float, float]:
 
 def describe(run: Run, bench: Bench, in_ladder: set[Any]) -> dict[str, Any]:
     """A run's numbers, and its feasible front (JSON)."""
-    from bake.stages.tune import fronts, objectives
+    from bake.artifacts.tuning import fronts, objectives
 
     s = bench.settings
     feasible = [p for p in run.proxies if p.kl <= s.kl_max]

@@ -235,6 +235,30 @@ class Proxy:
         )
 
 
+def objectives(p: Proxy, s: TuneSettings) -> tuple[float, float]:
+    """Both lower-is-better: remove/selective (primary refusal, -guard refusal); induce
+    (-target refusal, benign refusal)."""
+    primary, guard = p.refusal[s.primary], p.refusal[s.guard]
+    return (-primary, guard) if s.goal == "induce" else (primary, -guard)
+
+
+def fronts(proxies: list[Proxy], s: TuneSettings) -> list[list[Proxy]]:
+    """Non-dominated sorting of the candidates under the KL bound: front 1 first."""
+    left = [(objectives(p, s), p) for p in proxies if p.kl <= s.kl_max]
+    out = []
+    while left:
+        points = [o for o, _ in left]
+        front = [(o, p) for o, p in left if not _dominated(o, points)]
+        out.append([p for _, p in sorted(front, key=lambda item: item[0])])
+        left = [item for item in left if item not in front]
+    return out
+
+
+def _dominated(a: tuple[float, float], points: list[tuple[float, float]]) -> bool:
+    """Some point is no worse than `a` in both objectives and better in one."""
+    return any(b[0] <= a[0] and b[1] <= a[1] and b != a for b in points)
+
+
 @dataclass
 class Confirmed:
     """Stage 2: a candidate generated and judged on the tuning sets."""
@@ -318,6 +342,7 @@ class TuneResult:
             "settings": asdict(self.settings),
             "ranked_layers": self.ranked,
             "baseline": self.baseline,
+            "baseline_labels": self.baseline_labels,
             "baseline_broken": self.baseline_broken,
             "proxy_baseline": self.proxy_baseline,
             "openings": self.openings,

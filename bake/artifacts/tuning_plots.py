@@ -1,20 +1,24 @@
 """The tuning report's plots (PNG, matplotlib when installed; none otherwise):
 front.png            stage 1: proxy refusal of the primary set vs the guard set, every
-                     candidate (grey above the KL bound), stage 2's picks ringed, the
-                     chosen one starred;
-proxy_vs_judge.png   stage 2: each confirmed configuration's proxy rate vs its judged rate.
+                     candidate (grey above the KL bound), each option's first Pareto front
+                     as a line, stage 2's picks ringed, the chosen one starred;
+proxy_vs_judge.png   stage 2: each confirmed configuration's proxy rate vs its judged rate;
+judged.png           stage 2: judged refusal of the primary set vs the guard set with 95%
+                     Wilson intervals, by option, the guard's line dashed, unsteered marked.
 """
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from bake.artifacts.plotting import pyplot, save_figure
+from bake.artifacts.tuning import fronts
+from bake.stats import wilson
 
 if TYPE_CHECKING:
-    from bake.artifacts.tuning import Proxy, TuneResult, TuneSettings
+    from bake.artifacts.tuning import Confirmed, Proxy, TuneResult, TuneSettings
 
 
 def _xy(proxies: list[Proxy], s: TuneSettings) -> tuple[list[float], list[float]]:
@@ -23,19 +27,23 @@ def _xy(proxies: list[Proxy], s: TuneSettings) -> tuple[list[float], list[float]
     return xs, [p.refusal.get(s.guard, math.nan) for p in proxies]
 
 
+def _colors(result: TuneResult) -> dict[str, str]:
+    """One colour per vector option, the same in every plot."""
+    rows = [p.candidate for p in result.stage1] + [c.candidate for c in result.stage2]
+    return {option: f"C{i}" for i, option in enumerate(dict.fromkeys(c.option for c in rows))}
+
+
 def plot_front(result: TuneResult, folder: Path) -> str | None:
     plt = pyplot()
     if plt is None or not result.stage1:
         return None
     s = result.settings
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
-    for option in dict.fromkeys(p.candidate.option for p in result.stage1):
+    for option, color in _colors(result).items():
         ok = [p for p in result.stage1 if p.candidate.option == option and p.kl <= s.kl_max]
-        ax.scatter(
-            *_xy(ok, s),
-            s=14,
-            label=f"{option} (KL <= {s.kl_max:g})",
-        )
+        ax.scatter(*_xy(ok, s), s=14, color=color, label=f"{option} (KL <= {s.kl_max:g})")
+        front = sorted(fronts(ok, s)[0] if ok else [], key=lambda p: p.refusal[s.primary])
+        ax.plot(*_xy(front, s), "-", lw=1, color=color)
     over = [p for p in result.stage1 if not p.kl <= s.kl_max]
     ax.scatter(
         *_xy(over, s),
@@ -97,3 +105,54 @@ def plot_agreement(result: TuneResult, folder: Path) -> str | None:
     ax.set_title("Proxy vs judge, confirmed configurations")
     ax.legend(fontsize=7)
     return save_figure(plt, fig, folder, "proxy_vs_judge.png")
+
+
+def _judged(c: Confirmed, name: str) -> tuple[float, float, float]:
+    """Judged rate of set `name` and its 95% Wilson interval as (rate, below, above)."""
+    n, rate = len(c.labels.get(name, [])), c.refusal.get(name, math.nan)
+    if not n or math.isnan(rate):
+        return math.nan, 0.0, 0.0
+    low, high = wilson(round(rate * n), n)
+    return rate, max(rate - low, 0.0), max(high - rate, 0.0)
+
+
+def _errorbars(ax: Any, rows: list[Confirmed], s: TuneSettings, **style: Any) -> None:
+    """One marker per configuration at (primary, guard) judged rates, with both intervals."""
+    x = [_judged(c, s.primary) for c in rows]
+    y = [_judged(c, s.guard) for c in rows]
+    ax.errorbar(
+        [v[0] for v in x],
+        [v[0] for v in y],
+        xerr=[[v[1] for v in x], [v[2] for v in x]],
+        yerr=[[v[1] for v in y], [v[2] for v in y]],
+        capsize=2,
+        **style,
+    )
+
+
+def plot_judged(result: TuneResult, folder: Path) -> str | None:
+    plt = pyplot()
+    if plt is None or not result.stage2:
+        return None
+    s = result.settings
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    for option, color in _colors(result).items():
+        mine = [c for c in result.stage2 if c.candidate.option == option]
+        for feasible, marker, what in ((True, "o", "kept the guards"), (False, "s", "failed")):
+            rows = [c for c in mine if c.feasible == feasible]
+            if rows:
+                face = color if feasible else "none"
+                _errorbars(ax, rows, s, fmt=marker, color=color, mfc=face,
+                           label=f"{option}, {what}")  # fmt: skip
+    base = result.baseline
+    ax.scatter([base.get(s.primary)], [base.get(s.guard)], marker="x", s=80, c="k",
+               label="unsteered")  # fmt: skip
+    guard = base.get(s.guard, math.nan)
+    line = guard + s.benign_tolerance if s.goal == "induce" else guard - s.harmful_tolerance
+    ax.axhline(line, ls="--", c="0.5", lw=1, label="guard")
+    ax.set_xlabel(f"judged refusal, {s.primary}")
+    ax.set_ylabel(f"judged refusal, {s.guard}")
+    ax.set(xlim=(-0.02, 1.02), ylim=(-0.02, 1.02))  # rates: shares of each set
+    ax.set_title("Stage 2: judged configurations (95% Wilson intervals)")
+    ax.legend(fontsize=7)
+    return save_figure(plt, fig, folder, "judged.png")

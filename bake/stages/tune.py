@@ -53,6 +53,8 @@ from bake.artifacts.tuning import (
     TuneCache,
     TuneResult,
     TuneSettings,
+    fronts,
+    objectives,
 )
 from bake.artifacts.vectors import SteeringVectors
 from bake.errors import InputError
@@ -99,31 +101,6 @@ class TuneFiles:
             "target": self.target,
         }
         return {name: path for name, path in named.items() if path is not None}
-
-
-# --------------------------------------------------------------------------- the front
-def objectives(p: Proxy, s: TuneSettings) -> tuple[float, float]:
-    """Both lower-is-better: remove/selective (primary refusal, -guard refusal); induce
-    (-target refusal, benign refusal)."""
-    primary, guard = p.refusal[s.primary], p.refusal[s.guard]
-    return (-primary, guard) if s.goal == "induce" else (primary, -guard)
-
-
-def fronts(proxies: list[Proxy], s: TuneSettings) -> list[list[Proxy]]:
-    """Non-dominated sorting of the candidates under the KL bound: front 1 first."""
-    left = [(objectives(p, s), p) for p in proxies if p.kl <= s.kl_max]
-    out = []
-    while left:
-        points = [o for o, _ in left]
-        front = [(o, p) for o, p in left if not _dominated(o, points)]
-        out.append([p for _, p in sorted(front, key=lambda item: item[0])])
-        left = [item for item in left if item not in front]
-    return out
-
-
-def _dominated(a: tuple[float, float], points: list[tuple[float, float]]) -> bool:
-    """Some point is no worse than `a` in both objectives and better in one."""
-    return any(b[0] <= a[0] and b[1] <= a[1] and b != a for b in points)
 
 
 def guard_kept(
@@ -528,12 +505,13 @@ def write_report(result: TuneResult, folder: Path) -> Path:
     """tuning_report.json, .md and the plots, built aside and renamed into `folder` (an
     earlier report there is replaced)."""
     from bake.artifacts.tuning import render_markdown
-    from bake.artifacts.tuning_plots import plot_agreement, plot_front
+    from bake.artifacts.tuning_plots import plot_agreement, plot_front, plot_judged
     from bake.files.fileio import atomic_output_dir
 
     with atomic_output_dir(folder, overwrite=True) as tmp:
         (tmp / "tuning_report.json").write_text(dumps(result.to_json(), indent=2) + "\n")
-        plots = [p for p in (plot_front(result, tmp), plot_agreement(result, tmp)) if p]
+        drawn = (plot_front(result, tmp), plot_agreement(result, tmp), plot_judged(result, tmp))
+        plots = [p for p in drawn if p]
         (tmp / "tuning_report.md").write_text(render_markdown(result, plots))
     return folder
 

@@ -18,6 +18,7 @@ from bake.artifacts.tuning import (
     TuneCache,
     TuneResult,
     TuneSettings,
+    fronts,
 )
 from bake.artifacts.vectors import SteeringVectors
 from bake.errors import InputError
@@ -36,7 +37,6 @@ from bake.stages.tune import (
     bisect_pick,
     choose,
     first_picks,
-    fronts,
     midpoints,
     next_pick,
     significance,

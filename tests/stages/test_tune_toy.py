@@ -56,6 +56,9 @@ def test_noise_gives_no_plan_with_one_line(noise_run: tuple[Path, list[str]]) ->
     assert not (work / "plan.json").exists()
     report = work / "plan-tuning" / "tuning_report.md"
     assert report.exists(), sorted(p.name for p in work.iterdir())
+    for plot in ("front.png", "proxy_vs_judge.png", "judged.png"):
+        assert (work / "plan-tuning" / plot).stat().st_size > 0, plot
+        assert f"({plot})" in report.read_text(), plot
     data = json.loads((work / "plan-tuning" / "tuning_report.json").read_text())
     adds = [c for c in data["stage1"] if c.get("kind", "add") == "add"]
     ablations = [c for c in data["stage1"] if c.get("kind") == "ablate"]
