@@ -276,11 +276,11 @@ def reference_point(bench: Bench) -> tuple[float, float]:
 
 def describe(run: Run, bench: Bench, in_ladder: set[Any]) -> dict[str, Any]:
     """A run's numbers, and its feasible front (JSON)."""
-    from bake.artifacts.tuning import fronts, objectives
+    from bake.artifacts.tuning import first_front, objectives
 
     s = bench.settings
     feasible = [p for p in run.proxies if p.kl <= s.kl_max]
-    front = (fronts(run.proxies, s) or [[]])[0]
+    front = first_front(run.proxies, s)
     return {
         "method": run.method,
         "budget": run.budget,

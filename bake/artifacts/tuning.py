@@ -242,15 +242,24 @@ def objectives(p: Proxy, s: TuneSettings) -> tuple[float, float]:
     return (-primary, guard) if s.goal == "induce" else (primary, -guard)
 
 
+def first_front(proxies: list[Proxy], s: TuneSettings) -> list[Proxy]:
+    """The candidates under the KL bound that no other one dominates, in objective order
+    (empty when none is under the bound)."""
+    left = sorted(
+        ((objectives(p, s), p) for p in proxies if p.kl <= s.kl_max), key=lambda item: item[0]
+    )
+    points = [o for o, _ in left]
+    return [p for o, p in left if not _dominated(o, points)]
+
+
 def fronts(proxies: list[Proxy], s: TuneSettings) -> list[list[Proxy]]:
     """Non-dominated sorting of the candidates under the KL bound: front 1 first."""
-    left = [(objectives(p, s), p) for p in proxies if p.kl <= s.kl_max]
+    left = [p for p in proxies if p.kl <= s.kl_max]
     out = []
     while left:
-        points = [o for o, _ in left]
-        front = [(o, p) for o, p in left if not _dominated(o, points)]
-        out.append([p for _, p in sorted(front, key=lambda item: item[0])])
-        left = [item for item in left if item not in front]
+        front = first_front(left, s)
+        out.append(front)
+        left = [p for p in left if p not in front]
     return out
 
 

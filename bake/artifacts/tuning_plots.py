@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bake.artifacts.plotting import pyplot, save_figure
-from bake.artifacts.tuning import fronts
+from bake.artifacts.tuning import first_front
 from bake.stats import wilson
 
 if TYPE_CHECKING:
@@ -33,6 +33,12 @@ def _colors(result: TuneResult) -> dict[str, str]:
     return {option: f"C{i}" for i, option in enumerate(dict.fromkeys(c.option for c in rows))}
 
 
+def _mark_unsteered(ax: Any, base: dict[str, float], s: TuneSettings) -> None:
+    """The unsteered (primary, guard) point as a black cross."""
+    x, y = base.get(s.primary, math.nan), base.get(s.guard, math.nan)
+    ax.scatter([x], [y], marker="x", s=80, c="k", label="unsteered")
+
+
 def plot_front(result: TuneResult, folder: Path) -> str | None:
     plt = pyplot()
     if plt is None or not result.stage1:
@@ -42,8 +48,7 @@ def plot_front(result: TuneResult, folder: Path) -> str | None:
     for option, color in _colors(result).items():
         ok = [p for p in result.stage1 if p.candidate.option == option and p.kl <= s.kl_max]
         ax.scatter(*_xy(ok, s), s=14, color=color, label=f"{option} (KL <= {s.kl_max:g})")
-        front = sorted(fronts(ok, s)[0] if ok else [], key=lambda p: p.refusal[s.primary])
-        ax.plot(*_xy(front, s), "-", lw=1, color=color)
+        ax.plot(*_xy(first_front(ok, s), s), "-", lw=1, color=color)
     over = [p for p in result.stage1 if not p.kl <= s.kl_max]
     ax.scatter(
         *_xy(over, s),
@@ -69,15 +74,7 @@ def plot_front(result: TuneResult, folder: Path) -> str | None:
             c="red",
             label="chosen",
         )
-    base = result.proxy_baseline
-    ax.scatter(
-        [base.get(s.primary, math.nan)],
-        [base.get(s.guard, math.nan)],
-        marker="x",
-        s=80,
-        c="k",
-        label="unsteered",
-    )
+    _mark_unsteered(ax, result.proxy_baseline, s)
     ax.set_xlabel(f"proxy refusal, {s.primary} (mean {result.measure})")
     ax.set_ylabel(f"proxy refusal, {s.guard}")
     ax.set_title("Stage 1: candidates and front")
@@ -144,10 +141,8 @@ def plot_judged(result: TuneResult, folder: Path) -> str | None:
                 face = color if feasible else "none"
                 _errorbars(ax, rows, s, fmt=marker, color=color, mfc=face,
                            label=f"{option}, {what}")  # fmt: skip
-    base = result.baseline
-    ax.scatter([base.get(s.primary)], [base.get(s.guard)], marker="x", s=80, c="k",
-               label="unsteered")  # fmt: skip
-    guard = base.get(s.guard, math.nan)
+    _mark_unsteered(ax, result.baseline, s)
+    guard = result.baseline.get(s.guard, math.nan)
     line = guard + s.benign_tolerance if s.goal == "induce" else guard - s.harmful_tolerance
     ax.axhline(line, ls="--", c="0.5", lw=1, label="guard")
     ax.set_xlabel(f"judged refusal, {s.primary}")
